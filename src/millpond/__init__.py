@@ -1,0 +1,30 @@
+"""millpond: a fast, safe database connection pool for threads and asyncio."""
+
+from millpond._core.stats import PoolStats
+from millpond._sync.pool import Pool
+from millpond.errors import (
+    ConfigError,
+    ConnectError,
+    ForeignConnection,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyWaiters,
+    WrongEventLoop,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "ConnectError",
+    "ForeignConnection",
+    "Pool",
+    "PoolClosed",
+    "PoolError",
+    "PoolStats",
+    "PoolTimeout",
+    "TooManyWaiters",
+    "WrongEventLoop",
+    "__version__",
+]

@@ -1,0 +1,107 @@
+"""Every pool option, its default and its validation. Errors name the option and its range."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from millpond.errors import ConfigError
+
+__all__ = ["PoolConfig", "ResetPolicy", "check_timeout"]
+
+ResetPolicy = str | Callable[[Any], None] | None
+_RESET_NAMES = ("rollback", "full")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    min_size: int = 1
+    max_size: int = 10
+    max_overflow: int = 0
+    timeout: float = 30.0
+    max_waiting: int = 0
+    max_lifetime: float | None = 1800.0
+    max_idle: float | None = 600.0
+    max_uses: int = 0
+    pre_ping: bool = True
+    ping_window: float = 0.5
+    reset: ResetPolicy = "rollback"
+    configure: Callable[[Any], None] | None = None
+    leak_timeout: float | None = None
+    name: str | None = None
+    #: fraction of max_lifetime taken off at random per connection, so a pool opened at once
+    #: does not retire every connection in the same instant
+    lifetime_jitter: float = 0.1
+    #: background threads that open and close connections
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        _int("min_size", self.min_size, 0)
+        _int("max_size", self.max_size, 1)
+        _int("max_overflow", self.max_overflow, 0)
+        _int("max_waiting", self.max_waiting, 0)
+        _int("max_uses", self.max_uses, 0)
+        _int("workers", self.workers, 1)
+        if self.min_size > self.max_size:
+            raise ConfigError(
+                f"min_size={self.min_size} is larger than max_size={self.max_size}; "
+                "min_size must be between 0 and max_size"
+            )
+        check_timeout("timeout", self.timeout)
+        _seconds("max_lifetime", self.max_lifetime, allow_none=True, positive=True)
+        _seconds("max_idle", self.max_idle, allow_none=True, positive=True)
+        _seconds("ping_window", self.ping_window)
+        _seconds("leak_timeout", self.leak_timeout, allow_none=True, positive=True)
+        if not isinstance(self.lifetime_jitter, (int, float)) or not 0 <= self.lifetime_jitter < 1:
+            raise ConfigError(f"lifetime_jitter={self.lifetime_jitter!r} must be in [0, 1)")
+        if not isinstance(self.pre_ping, bool):
+            raise ConfigError(f"pre_ping={self.pre_ping!r} must be True or False")
+        r = self.reset
+        if not (r is None or callable(r) or (isinstance(r, str) and r in _RESET_NAMES)):
+            raise ConfigError(
+                f"reset={r!r} is not a reset policy; use 'rollback', 'full', None "
+                "or a callable taking the connection"
+            )
+        if self.configure is not None and not callable(self.configure):
+            raise ConfigError(f"configure={self.configure!r} must be a callable taking the connection")
+        if self.name is not None and not isinstance(self.name, str):
+            raise ConfigError(f"name={self.name!r} must be a string")
+
+    @property
+    def cap(self) -> int:
+        """The most connections the pool may own at once."""
+        return self.max_size + self.max_overflow
+
+    def resized(self, min_size: int | None, max_size: int | None) -> PoolConfig:
+        return replace(
+            self,
+            min_size=self.min_size if min_size is None else min_size,
+            max_size=self.max_size if max_size is None else max_size,
+        )
+
+
+def _int(option: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{option}={value!r} must be an integer >= {low}")
+    if value < low:
+        raise ConfigError(f"{option}={value} is out of range; it must be an integer >= {low}")
+
+
+def _seconds(option: str, value: object, *, allow_none: bool = False, positive: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        kind = "a number of seconds" + (" or None" if allow_none else "")
+        raise ConfigError(f"{option}={value!r} must be {kind}")
+    if value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ConfigError(f"{option}={value} is out of range; it must be {bound} seconds")
+
+
+def check_timeout(option: str, value: object) -> float:
+    """Validate a wait budget: a number of seconds >= 0 (``math.inf`` waits forever)."""
+    _seconds(option, value)
+    assert isinstance(value, (int, float))
+    return float(value)

@@ -1,0 +1,426 @@
+"""The pool's state and policy: no I/O, no threads, no clock (``now`` is passed in).
+
+Every method expects the caller to hold the shell's lock (or, in asyncio, to run on the loop).
+Methods that decide something the shell must carry out add it to ``self.plan``; the shell takes
+it with :meth:`PoolCore.flush` after releasing its lock and does the I/O.
+
+Invariants (checked by :meth:`PoolCore.check_invariants` in tests):
+
+* a record is in exactly one of ``idle`` / ``lent`` / a pending close, or being opened;
+* ``size <= cap`` where ``size = len(idle) + len(lent)``, and ``size + opening <= cap`` but
+  for connects already under way when the pool was resized down;
+* ``idle`` and ``waiters`` are never both non-empty once a call returns (strict hand-off);
+* waiters are served in arrival order.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from typing import Any
+
+from millpond._config import PoolConfig
+from millpond._core.record import ConnRecord, Plan, Waiter
+from millpond._core.stats import PoolStats
+from millpond.errors import PoolClosed, TooManyWaiters
+
+__all__ = ["PoolCore"]
+
+#: first retry after a failed connect, and the ceiling of the exponential backoff
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 1.0
+#: the housekeeper wakes at least this often (seconds), whatever the deadlines say
+MAX_SLEEP = 30.0
+
+
+class PoolCore:
+    def __init__(self, config: PoolConfig, name: str, rng: random.Random | None = None) -> None:
+        self.name = name
+        self.rng = rng or random.Random()
+        self.idle: deque[ConnRecord] = deque()
+        self.lent: dict[int, ConnRecord] = {}
+        self.waiters: deque[Waiter] = deque()
+        self.opening = 0
+        self.gen = 0
+        self.closed = False
+        self.plan = Plan()
+        # counters (the hot path bumps ``checkouts`` directly)
+        self.checkouts = 0
+        self.waits = 0
+        self.timeouts = 0
+        self.shed = 0
+        self.connects = 0
+        self.connect_errors = 0
+        self.pings = 0
+        self.ping_failures = 0
+        self.resets = 0
+        self.reset_failures = 0
+        self.leaks = 0
+        self.lost = 0
+        self.closed_by_reason: dict[str, int] = {}
+        self.failures = 0  # consecutive failed connects
+        self.retry_at = -math.inf
+        self.last_error: BaseException | None = None
+        self.last_error_at: float | None = None
+        self.configure(config)
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def configure(self, config: PoolConfig) -> None:
+        self.config = config
+        self.min_size = config.min_size
+        self.max_size = config.max_size
+        self.cap = config.cap
+        self.max_uses = config.max_uses
+        # with pre_ping off nothing is ever pinged on checkout
+        self.ping_window = config.ping_window if config.pre_ping else math.inf
+        self.max_lifetime = config.max_lifetime
+        self.max_idle = config.max_idle
+        self.leak_timeout = config.leak_timeout
+
+    @property
+    def size(self) -> int:
+        return len(self.idle) + len(self.lent)
+
+    # -- records ---------------------------------------------------------------------------
+
+    def new_record(self, conn: Any, now: float) -> ConnRecord:
+        if self.max_lifetime is None:
+            expires = math.inf
+        else:
+            jitter = self.config.lifetime_jitter * self.rng.random()
+            expires = now + self.max_lifetime * (1.0 - jitter)
+        return ConnRecord(conn, now, expires, self.gen)
+
+    def lend(self, rec: ConnRecord, now: float) -> None:
+        rec.uses += 1
+        rec.lent_at = now
+        rec.leak_reported = False
+        self.lent[rec.key] = rec
+        self.checkouts += 1
+
+    def fresh(self, rec: ConnRecord, now: float) -> bool:
+        """May this idle record be lent as it is (not expired, not from a drained generation)?"""
+        return now < rec.expires and rec.gen == self.gen
+
+    def retire(self, rec: ConnRecord, reason: str) -> None:
+        """Schedule a connection the pool no longer holds anywhere for closing."""
+        rec.ref = None  # closing on purpose: the GC watch must not fire
+        self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
+        self.plan.closes.append((rec, reason))
+
+    def forget(self, rec: ConnRecord, reason: str) -> None:
+        """Account for a connection that is gone without a close (collected, or after fork)."""
+        rec.ref = None
+        rec.conn = None
+        rec.pin = None
+        self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
+
+    # -- checkout --------------------------------------------------------------------------
+
+    def take_idle(self, now: float) -> ConnRecord | None:
+        """Lend the most recently used fresh idle connection, retiring stale ones on the way."""
+        idle = self.idle
+        while idle:
+            rec = idle.pop()
+            if self.fresh(rec, now):
+                self.lend(rec, now)
+                return rec
+            self.retire(rec, "expired" if rec.gen == self.gen else "drained")
+        if self.plan.closes:
+            self._grow(now)
+        return None
+
+    def enqueue(self, waiter: Waiter, now: float) -> None:
+        """Queue a caller; raises if the pool is closed or the queue is full."""
+        if self.closed:
+            raise PoolClosed(f"pool {self.name!r} is closed")
+        mw = self.config.max_waiting
+        if mw and len(self.waiters) >= mw:
+            self.shed += 1
+            raise TooManyWaiters(
+                f"pool {self.name!r}: {len(self.waiters)} callers are already waiting "
+                f"(max_waiting={mw}); size={self.size}, in_use={len(self.lent)}"
+            )
+        self.waits += 1
+        self.waiters.append(waiter)
+        self._grow(now)
+
+    def cancel(self, waiter: Waiter) -> bool:
+        """Withdraw a waiter that gave up. False if it was already served (or failed) and must
+        take, or give back, what it was handed."""
+        if waiter.rec is not None or waiter.error is not None:
+            return False
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            return False
+        return True
+
+    def decline(self, waiter: Waiter, now: float) -> None:
+        """A waiter was handed a connection it can no longer use (it was cancelled): take the
+        connection back and pass it on, so nothing is lost."""
+        rec = waiter.rec
+        waiter.rec = None
+        if rec is not None:
+            self.lent.pop(rec.key, None)
+            self.checkouts -= 1
+            rec.uses -= 1
+            self._place(rec, now)
+
+    def can_serve_without_connect(self) -> bool:
+        """Could a return ever satisfy a waiter? (Something is lent or idle.)"""
+        return bool(self.lent or self.idle)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _demand(self) -> int:
+        return max(len(self.waiters), self.min_size - self.size)
+
+    def _grow(self, now: float) -> None:
+        """Plan connects while demand persists: one per waiter (and up to min_size), within cap,
+        and not before the backoff after a failed connect has run out."""
+        if self.closed or now < self.retry_at:
+            return
+        want = min(self._demand(), self.cap - self.size) - self.opening
+        if want > 0:
+            self.opening += want
+            self.plan.opens += want
+
+    def begin_open(self, now: float) -> bool:
+        """A worker is about to connect. False (and the slot is released) if the demand that
+        planned it has gone, e.g. returns served the waiters first."""
+        if self.closed or min(self._demand(), self.cap - self.size) < self.opening:
+            self.opening -= 1
+            return False
+        return True
+
+    def opened(self, conn: Any, now: float) -> ConnRecord:
+        self.opening -= 1
+        self.connects += 1
+        self.failures = 0
+        self.retry_at = -math.inf
+        rec = self.new_record(conn, now)
+        if self.closed:
+            self.retire(rec, "closed")
+        elif self.size >= self.cap:  # the pool was resized down while this one connected
+            self.retire(rec, "resized")
+        else:
+            self._place(rec, now)
+            self._grow(now)
+        return rec
+
+    def open_failed(self, error: BaseException, now: float) -> None:
+        """A connect failed. Back off; if nothing but a connect could ever serve the waiters,
+        fail them now with ``error`` rather than let them sit out their timeouts."""
+        self.opening -= 1
+        self.connect_errors += 1
+        self.failures += 1
+        self.last_error = error
+        self.last_error_at = now
+        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self.failures - 1, 16))
+        self.retry_at = now + delay * (0.5 + 0.5 * self.rng.random())
+        if self.opening == 0 and not self.can_serve_without_connect():
+            while self.waiters:
+                w = self.waiters.popleft()
+                w.error = error
+                self.plan.wakes.append(w)
+
+    def down(self) -> bool:
+        """The last connects failed and there is nothing to lend or wait for."""
+        return self.failures > 0 and self.opening == 0 and not self.can_serve_without_connect()
+
+    # -- return ----------------------------------------------------------------------------
+
+    def checkin(self, rec: ConnRecord, now: float, reason: str | None) -> None:
+        """Take back a record already removed from ``lent``. ``reason`` says why it must be
+        closed instead (broken, reset failed, discarded by the caller)."""
+        if reason is None:
+            if self.closed:
+                reason = "closed"
+            elif rec.gen != self.gen:
+                reason = "drained"
+            elif now >= rec.expires:
+                reason = "expired"
+            elif rec.uses == self.max_uses:
+                reason = "max_uses"
+            elif self.size >= self.max_size and not self.waiters:
+                reason = "overflow" if self.size < self.cap else "resized"
+        if reason is not None:
+            self.retire(rec, reason)
+            self._grow(now)
+        else:
+            self._place(rec, now)
+
+    def discard(self, rec: ConnRecord, reason: str, now: float) -> None:
+        """Close a lent connection (failed ping, broken) and plan a replacement if needed."""
+        if self.lent.get(rec.key) is rec:
+            del self.lent[rec.key]
+        self.retire(rec, reason)
+        self._grow(now)
+
+    def collected(self, rec: ConnRecord, now: float) -> bool:
+        """A lent connection was garbage-collected: give its slot back. False if it was not
+        lent any more (returned or retired meanwhile)."""
+        if self.lent.get(rec.key) is not rec:
+            return False
+        del self.lent[rec.key]
+        self.lost += 1
+        self.forget(rec, "garbage_collected")
+        self._grow(now)
+        return True
+
+    def _place(self, rec: ConnRecord, now: float) -> None:
+        """Hand a connection to the oldest waiter, or put it idle."""
+        rec.last_used = now
+        if self.waiters:
+            w = self.waiters.popleft()
+            self.lend(rec, now)
+            w.rec = rec
+            self.plan.wakes.append(w)
+        else:
+            self.idle.append(rec)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def maintain(self, now: float) -> float:
+        """Retire expired and long-idle connections, find leaks, top up to min_size.
+        Returns how long the housekeeper may sleep before the next deadline."""
+        wake = now + MAX_SLEEP
+        if self.idle:
+            keep: deque[ConnRecord] = deque()
+            surplus = self.size - self.min_size
+            # oldest-returned first: those are the ones a LIFO pool will not need
+            for rec in self.idle:
+                if not self.fresh(rec, now):
+                    self.retire(rec, "expired" if rec.gen == self.gen else "drained")
+                    surplus -= 1
+                elif (
+                    self.max_idle is not None
+                    and surplus > 0
+                    and now - rec.last_used >= self.max_idle
+                ):
+                    self.retire(rec, "idle")
+                    surplus -= 1
+                else:
+                    keep.append(rec)
+                    wake = min(wake, rec.expires)
+                    # a connection kept only because of min_size has no idle deadline
+                    if self.max_idle is not None and rec.last_used + self.max_idle > now:
+                        wake = min(wake, rec.last_used + self.max_idle)
+            self.idle = keep
+        lt = self.leak_timeout
+        if lt is not None:
+            for rec in self.lent.values():
+                if rec.leak_reported:
+                    continue
+                if now - rec.lent_at >= lt:
+                    rec.leak_reported = True
+                    self.leaks += 1
+                    self.plan.leaks.append(rec)
+                else:
+                    wake = min(wake, rec.lent_at + lt)
+        self._grow(now)
+        if self._demand() > self.opening and now < self.retry_at:
+            wake = min(wake, self.retry_at)
+        return max(0.001, wake - now)
+
+    def resize(self, min_size: int | None, max_size: int | None, now: float) -> None:
+        config = self.config.resized(min_size, max_size)
+        self.configure(config)
+        # surplus idle connections close at once; surplus lent ones on return (see checkin)
+        while self.idle and self.size > self.max_size:
+            self.retire(self.idle.popleft(), "resized")
+        self._grow(now)
+
+    def drain(self, now: float) -> None:
+        """Start a new generation: idle connections close now, lent ones on return."""
+        self.gen += 1
+        while self.idle:
+            self.retire(self.idle.popleft(), "drained")
+        self._grow(now)
+
+    def close(self, error: BaseException) -> None:
+        self.closed = True
+        while self.idle:
+            self.retire(self.idle.popleft(), "closed")
+        while self.waiters:
+            w = self.waiters.popleft()
+            w.error = error
+            self.plan.wakes.append(w)
+
+    def after_fork(self) -> list[Any]:
+        """In a forked child: forget every inherited connection without closing it (its socket
+        is the parent's). Returns the connection objects, which the shell must keep alive so
+        that no driver finalizer talks on the parent's socket."""
+        inherited = []
+        for rec in [*self.idle, *self.lent.values()]:
+            inherited.append(rec.conn if rec.conn is not None else rec.pin)
+            if rec.ref is not None:
+                inherited.append(rec.ref())
+            self.forget(rec, "fork")
+        self.idle.clear()
+        self.lent.clear()
+        self.waiters.clear()
+        self.opening = 0
+        self.plan = Plan()
+        self.gen += 1
+        return [c for c in inherited if c is not None]
+
+    # -- output ----------------------------------------------------------------------------
+
+    def flush(self) -> Plan | None:
+        plan = self.plan
+        if not plan:
+            return None
+        self.plan = Plan()
+        return plan
+
+    def oldest_borrower(self, now: float) -> ConnRecord | None:
+        if not self.lent:
+            return None
+        return min(self.lent.values(), key=lambda r: r.lent_at)
+
+    def stats(self) -> PoolStats:
+        err = self.last_error
+        return PoolStats(
+            name=self.name,
+            size=self.size,
+            idle=len(self.idle),
+            in_use=len(self.lent),
+            waiting=len(self.waiters),
+            opening=self.opening,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            max_overflow=self.config.max_overflow,
+            closed=self.closed,
+            checkouts=self.checkouts,
+            waits=self.waits,
+            timeouts=self.timeouts,
+            shed=self.shed,
+            connects=self.connects,
+            connect_errors=self.connect_errors,
+            pings=self.pings,
+            ping_failures=self.ping_failures,
+            resets=self.resets,
+            reset_failures=self.reset_failures,
+            leaks=self.leaks,
+            lost=self.lost,
+            closed_by_reason=dict(self.closed_by_reason),
+            last_connect_error=None if err is None else f"{type(err).__name__}: {err}",
+            last_connect_error_at=self.last_error_at,
+        )
+
+    def check_invariants(self) -> None:
+        """Assert the rules of the design's section 3 (used by tests)."""
+        # opening may exceed the room left only after a resize down; such connects are
+        # cancelled by begin_open or closed on arrival, so size itself never passes cap
+        assert self.size <= self.cap, (self.size, self.cap)
+        assert 0 <= self.opening
+        assert not (self.idle and self.waiters), "idle connections while callers wait"
+        keys = [r.key for r in self.idle]
+        assert len(set(keys)) == len(keys), "a record is idle twice"
+        assert not set(keys) & set(self.lent), "a record is both idle and lent"
+        if self.closed:
+            assert not self.idle and not self.waiters

@@ -1,0 +1,730 @@
+"""The threaded shell around the core: a lock, per-waiter wake-ups and worker threads.
+
+The hot path (an idle, recently used connection out and back in) is written inline in
+:meth:`Pool.getconn` and :meth:`Pool._checkin`; everything else goes through the core.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+from millpond._config import PoolConfig, ResetPolicy, check_timeout
+from millpond._core.record import ConnRecord, Plan, Waiter
+from millpond._core.state import PoolCore
+from millpond._core.stats import PoolStats
+from millpond._sync.workers import Housekeeper, Workers
+from millpond.drivers.base import SyncAdapter, TxStatus
+from millpond.errors import (
+    ConfigError,
+    ConnectError,
+    ForeignConnection,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+)
+
+__all__ = ["Pool"]
+
+log = logging.getLogger("millpond")
+_names = itertools.count(1)
+_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+# connections inherited across fork(): kept alive forever in the child, because a driver's
+# finalizer would otherwise say goodbye to the server on the parent's socket
+_fork_graveyard: list[Any] = []
+
+
+class _SyncWaiter(Waiter):
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def wake(self) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._lock.acquire(timeout=-1 if timeout == math.inf else max(timeout, 0.0))
+
+
+class _Borrowed:
+    """``with pool.connection() as conn``: a raw connection out, back in on exit."""
+
+    __slots__ = ("_conn", "_pool", "_timeout")
+
+    def __init__(self, pool: Pool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: Any = None
+
+    def __enter__(self) -> Any:
+        self._conn = conn = self._pool.getconn(self._timeout)
+        return conn
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        conn = self._conn
+        self._conn = None
+        self._pool._checkin(conn, ev, False)
+
+
+class _Transaction:
+    """``with pool.transaction() as conn``: commit on success, roll back on an exception."""
+
+    __slots__ = ("_conn", "_pool", "_timeout")
+
+    def __init__(self, pool: Pool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: Any = None
+
+    def __enter__(self) -> Any:
+        pool = self._pool
+        self._conn = conn = pool.getconn(self._timeout)
+        try:
+            if pool._adapter.get_autocommit(conn):
+                pool._adapter.begin(conn)
+        except BaseException as exc:
+            self._conn = None
+            pool._checkin(conn, exc, False)
+            raise
+        return conn
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        conn = self._conn
+        self._conn = None
+        pool = self._pool
+        if ev is None:
+            try:
+                pool._adapter.commit(conn)
+            except BaseException as exc:
+                pool._checkin(conn, exc, False)
+                raise
+        pool._checkin(conn, ev, False)
+
+
+class Pool:
+    """A thread-safe pool of DB-API connections. See the README for every option."""
+
+    def __init__(
+        self,
+        target: Any,
+        *,
+        connect_kwargs: Mapping[str, Any] | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        max_overflow: int = 0,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float | None = 1800.0,
+        max_idle: float | None = 600.0,
+        max_uses: int = 0,
+        pre_ping: bool = True,
+        ping_window: float = 0.5,
+        reset: ResetPolicy = "rollback",
+        configure: Callable[[Any], None] | None = None,
+        leak_timeout: float | None = None,
+        name: str | None = None,
+        open: bool = True,
+        workers: int = 2,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        config = PoolConfig(
+            min_size=min_size,
+            max_size=max_size,
+            max_overflow=max_overflow,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            max_uses=max_uses,
+            pre_ping=pre_ping,
+            ping_window=ping_window,
+            reset=reset,
+            configure=configure,
+            leak_timeout=leak_timeout,
+            name=name,
+            workers=workers,
+        )
+        self._adapter = _resolve(target, connect_kwargs)
+        if reset == "full" and not self._adapter.supports_full_reset:
+            log.debug("pool %r: driver %s resets by reconnecting", name, self._adapter.name)
+        self.name: str = name if name is not None else f"pool-{next(_names)}"
+        self._config = config
+        self._clock: Callable[[], float] = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._core = PoolCore(config, self.name)
+        self._core.closed = True  # until open()
+        self._opened = False
+        self._workers = Workers(self.name, config.workers)
+        self._housekeeper: Housekeeper | None = None
+        self._reset = reset
+        self._leak_timeout = leak_timeout
+        self._default_timeout = float(timeout)
+        self._gc_queue: Callable[[object], None] = lambda _: None
+        _live_pools.add(self)
+        if open:
+            self.open()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self, wait: bool = False, timeout: float | None = None) -> None:
+        """Start the pool: workers open ``min_size`` connections in the background.
+        With ``wait=True``, block until they are open (``ConnectError`` if the server cannot be
+        reached, ``PoolTimeout`` if ``timeout`` runs out first)."""
+        with self._lock:
+            if self._opened and self._core.closed:
+                raise PoolClosed(f"pool {self.name!r} was closed and cannot be opened again")
+            if not self._opened:
+                self._opened = True
+                self._core.closed = False
+                hk = Housekeeper(self.name, _weak_tick(self))
+                self._housekeeper = hk
+                self._gc_queue = hk.kick
+                self._core._grow(self._clock())
+            plan = self._core.flush()
+        if plan:
+            self._carry_out(plan)
+        if wait:
+            self._wait_for_min_size(self._timeout(timeout))
+
+    def _wait_for_min_size(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            core = self._core
+            while core.size < core.min_size:
+                if core.down():
+                    raise self._connect_error()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PoolTimeout(
+                        f"pool {self.name!r}: {core.size} of min_size={core.min_size} "
+                        f"connections open after {timeout:g}s"
+                    )
+                self._changed.wait(left)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: waiters fail with ``PoolClosed``, idle connections close now, lent
+        ones when they come back (waiting up to ``timeout`` seconds for them)."""
+        timeout = check_timeout("timeout", timeout)
+        with self._lock:
+            if self._core.closed and self._opened is False:
+                self._opened = True  # never opened: now it is closed for good
+                return
+            if self._core.closed:
+                return
+            self._core.close(PoolClosed(f"pool {self.name!r} was closed while waiting"))
+            plan = self._core.flush()
+        if plan:
+            self._carry_out(plan)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._core.lent:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning(
+                        "pool %r closed with %d connection(s) still in use; "
+                        "they are closed when returned",
+                        self.name,
+                        len(self._core.lent),
+                    )
+                    break
+                self._changed.wait(left)
+        self._workers.stop(timeout)
+        if self._housekeeper is not None:
+            self._housekeeper.stop(timeout)
+
+    def __enter__(self) -> Pool:
+        if not self._opened:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # a pool dropped without close(): end its threads; its connections close with it
+        workers = getattr(self, "_workers", None)
+        if workers is not None and not workers.stopped:
+            workers.stop(0)
+
+    # -- checkout --------------------------------------------------------------------------
+
+    def connection(self, timeout: float | None = None) -> _Borrowed:
+        """``with pool.connection() as conn:`` lends the driver's own connection; on exit
+        uncommitted work is rolled back and the connection goes back to the pool."""
+        return _Borrowed(self, timeout)
+
+    def transaction(self, timeout: float | None = None) -> _Transaction:
+        """``with pool.transaction() as conn:`` commits on success, rolls back on error."""
+        return _Transaction(self, timeout)
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        """Borrow a connection; give it back with :meth:`putconn`."""
+        lock = self._lock
+        core = self._core
+        lock.acquire()
+        if core.idle:
+            rec = core.idle.pop()
+            now = self._clock()
+            if now - rec.last_used < core.ping_window and now < rec.expires and rec.gen == core.gen:
+                rec.uses += 1
+                rec.lent_at = now
+                rec.leak_reported = False
+                core.lent[rec.key] = rec
+                core.checkouts += 1
+                conn = rec.conn
+                rec.conn = None
+                lock.release()
+                if self._leak_timeout is not None:
+                    rec.borrower = _where(sys._getframe(1))
+                return conn
+            core.idle.append(rec)
+        lock.release()
+        return self._getconn_slow(timeout, sys._getframe(1))
+
+    def _getconn_slow(self, timeout: float | None, frame: Any) -> Any:
+        budget = self._timeout(timeout)
+        clock = self._clock
+        start = time.monotonic()
+        core = self._core
+        while True:
+            waiter: _SyncWaiter | None = None
+            with self._lock:
+                now = clock()
+                rec = core.take_idle(now)
+                if rec is None:
+                    if core.closed:
+                        raise PoolClosed(self._closed_message())
+                    if core.down() and now < core.retry_at:
+                        raise self._connect_error()
+                    if budget <= 0:
+                        core.timeouts += 1
+                        raise self._timeout_error(budget, now)
+                    waiter = _SyncWaiter()
+                    core.enqueue(waiter, now)
+                plan = core.flush()
+            if plan:
+                self._carry_out(plan)
+            if waiter is not None:
+                rec = self._wait(waiter, budget - (time.monotonic() - start), budget)
+            conn = rec.conn
+            now = clock()
+            if now - rec.last_used >= core.ping_window:
+                if not self._ping(rec, conn, now):
+                    if time.monotonic() - start >= budget:
+                        with self._lock:
+                            core.timeouts += 1
+                            raise self._timeout_error(budget, clock())
+                    continue
+            rec.conn = None
+            if self._leak_timeout is not None:
+                rec.borrower = _where(frame)
+            return conn
+
+    def _wait(self, waiter: _SyncWaiter, left: float, budget: float) -> ConnRecord:
+        if not waiter.wait(left):
+            with self._lock:
+                if self._core.cancel(waiter):
+                    self._core.timeouts += 1
+                    if self._core.failures:
+                        raise self._connect_error()
+                    raise self._timeout_error(budget, self._clock())
+            # served (or failed) at the moment we gave up: take what we were handed
+        if waiter.error is not None:
+            raise waiter.error
+        rec = waiter.rec
+        assert rec is not None
+        return rec
+
+    def _ping(self, rec: ConnRecord, conn: Any, now: float) -> bool:
+        """Validate a connection that sat idle for ``ping_window``. On failure discard it."""
+        core = self._core
+        try:
+            self._adapter.ping(conn)
+        except Exception as exc:
+            log.info("pool %r: discarding a connection that failed its ping: %s", self.name,
+                     self._adapter.redact(str(exc)))
+            with self._lock:
+                core.pings += 1
+                core.ping_failures += 1
+                core.discard(rec, "ping_failed", now)
+                plan = core.flush()
+            if plan:
+                self._carry_out(plan)
+            return False
+        core.pings += 1  # a racy increment is fine for a counter read under the lock
+        rec.last_used = now
+        return True
+
+    # -- return ----------------------------------------------------------------------------
+
+    def putconn(self, conn: Any, discard: bool = False) -> None:
+        """Give back a connection from :meth:`getconn`. ``discard=True`` closes it instead."""
+        self._checkin(conn, None, discard)
+
+    def _checkin(self, conn: Any, error: BaseException | None, discard: bool) -> None:
+        core = self._core
+        rec = core.lent.get(id(conn))
+        if rec is None or not rec.owns(conn):
+            raise self._foreign(conn)
+        adapter = self._adapter
+        reason: str | None = None
+        if discard:
+            reason = "discarded"
+        elif error is not None and adapter.is_disconnect(error, conn):
+            reason = "broken"
+        else:
+            try:
+                status = adapter.status(conn)
+                if status is TxStatus.BROKEN:
+                    reason = "broken"
+                elif self._reset is not None and (status or self._reset != "rollback"):
+                    reason = self._reset_session(conn, status)
+                if reason is None and rec.autocommit is not None:
+                    if adapter.get_autocommit(conn) != rec.autocommit:
+                        adapter.set_autocommit(conn, rec.autocommit)
+            except Exception as exc:
+                reason = "broken" if adapter.is_disconnect(exc, conn) else "reset_failed"
+                core.reset_failures += 1
+        lock = self._lock
+        lock.acquire()
+        if core.lent.pop(rec.key, None) is not rec:
+            lock.release()
+            raise self._foreign(conn)
+        rec.conn = conn
+        if self._leak_timeout is not None and rec.leak_reported:
+            log.warning("pool %r: leaked connection came back after %.1fs (borrowed at %s)",
+                        self.name, self._clock() - rec.lent_at, _first_line(rec.borrower))
+        now = self._clock()
+        if (
+            reason is None
+            and not core.waiters
+            and now < rec.expires
+            and rec.gen == core.gen
+            and rec.uses != core.max_uses
+            and len(core.idle) + len(core.lent) < core.max_size
+            and not core.closed
+        ):
+            rec.last_used = now
+            core.idle.append(rec)
+            lock.release()
+            return
+        core.checkin(rec, now, reason)
+        if core.closed:
+            self._changed.notify_all()
+        plan = core.flush()
+        lock.release()
+        if plan:
+            self._carry_out(plan)
+
+    def _reset_session(self, conn: Any, status: TxStatus) -> str | None:
+        """Apply the reset policy; a string is the reason to discard the connection."""
+        policy = self._reset
+        adapter = self._adapter
+        self._core.resets += 1
+        if policy == "rollback":
+            adapter.rollback(conn)
+        elif policy == "full":
+            try:
+                adapter.full_reset(conn)
+            except NotImplementedError:
+                return "reset_by_reconnect"
+        else:
+            if status:
+                adapter.rollback(conn)
+            assert callable(policy)
+            policy(conn)
+        return None
+
+    # -- background work -------------------------------------------------------------------
+
+    def _carry_out(self, plan: Plan) -> None:
+        for w in plan.wakes:
+            w.wake()
+        workers = self._workers
+        for _ in range(plan.opens):
+            if workers.stopped:
+                break
+            workers.submit(self._open_one)
+        for rec, reason in plan.closes:
+            if workers.stopped:
+                self._close_one(rec, reason)
+            else:
+                workers.submit(lambda rec=rec, reason=reason: self._close_one(rec, reason))
+        for rec in plan.leaks:
+            log.warning(
+                "pool %r: a connection has been held for %.1fs (leak_timeout=%gs); "
+                "borrowed at:\n%s",
+                self.name,
+                self._clock() - rec.lent_at,
+                self._leak_timeout,
+                _format(rec.borrower),
+            )
+
+    def _open_one(self) -> None:
+        core = self._core
+        with self._lock:
+            proceed = core.begin_open(self._clock())
+            plan = core.flush()
+        if plan:
+            self._carry_out(plan)
+        if not proceed:
+            return
+        try:
+            conn = self._adapter.connect()
+            autocommit = self._setup(conn)
+        except Exception as exc:
+            err = self._redacted(exc)
+            failure = ConnectError(
+                f"pool {self.name!r}: cannot connect to {self._adapter.description}: "
+                f"{type(err).__name__}: {err}"
+            )
+            failure.__cause__ = err
+            with self._lock:
+                core.open_failed(failure, self._clock())
+                self._changed.notify_all()
+                plan = core.flush()
+            if plan:
+                self._carry_out(plan)
+            hk = self._housekeeper
+            if hk is not None:
+                hk.kick()  # it schedules the retry after the backoff
+            return
+        with self._lock:
+            rec = core.opened(conn, self._clock())
+            rec.autocommit = autocommit
+            self._watch(rec, conn)
+            self._changed.notify_all()
+            plan = core.flush()
+        if plan:
+            self._carry_out(plan)
+
+    def _setup(self, conn: Any) -> bool | None:
+        """Run ``configure`` on a new connection and note its autocommit mode, which every
+        reset restores. A failure closes the connection and counts as a failed connect."""
+        try:
+            if self._config.configure is not None:
+                self._config.configure(conn)
+                if self._adapter.status(conn):
+                    self._adapter.commit(conn)
+            return self._adapter.get_autocommit(conn)
+        except BaseException:
+            try:
+                self._adapter.close(conn)
+            except Exception:
+                pass
+            raise
+
+    def _watch(self, rec: ConnRecord, conn: Any) -> None:
+        """Notice a lent connection that is garbage-collected instead of returned."""
+        put = self._gc_queue
+        try:
+            rec.ref = weakref.ref(conn, lambda _r, rec=rec: put(rec))
+        except TypeError:
+            rec.pin = conn
+
+    def _close_one(self, rec: ConnRecord, reason: str) -> None:
+        conn = rec.conn if rec.conn is not None else rec.pin
+        rec.conn = rec.pin = None
+        if conn is None:
+            return
+        try:
+            self._adapter.close(conn)
+        except Exception as exc:
+            log.debug("pool %r: closing a connection (%s) failed: %s", self.name, reason,
+                      self._adapter.redact(str(exc)))
+
+    def _housekeep(self, items: list[object]) -> float:
+        with self._lock:
+            core = self._core
+            now = self._clock()
+            for item in items:
+                if isinstance(item, ConnRecord) and core.collected(item, now):
+                    log.warning(
+                        "pool %r: a connection was garbage-collected without being returned; "
+                        "its slot is recovered. Borrowed at: %s",
+                        self.name,
+                        _first_line(item.borrower)
+                        if item.borrower
+                        else "unknown (set leak_timeout to record where)",
+                    )
+            delay = core.maintain(now) if not core.closed else 3600.0
+            plan = core.flush()
+        if plan:
+            self._carry_out(plan)
+        return delay
+
+    def _maintain(self) -> None:
+        """Run one housekeeping pass now (tests drive it with a fake clock)."""
+        self._housekeep([])
+
+    # -- administration --------------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        with self._lock:
+            return self._core.stats()
+
+    def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
+        """Change the bounds. Surplus idle connections close at once, surplus lent ones on
+        return; a larger ``min_size`` is filled in the background."""
+        with self._lock:
+            self._core.resize(min_size, max_size, self._clock())  # validates
+            self._config = self._core.config
+            plan = self._core.flush()
+        if plan:
+            self._carry_out(plan)
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, lent ones when they come back. Use after a
+        credential rotation or a failover; the pool keeps serving throughout."""
+        with self._lock:
+            self._core.drain(self._clock())
+            plan = self._core.flush()
+        if plan:
+            self._carry_out(plan)
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _timeout(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self._default_timeout
+        return check_timeout("timeout", timeout)
+
+    def _closed_message(self) -> str:
+        if not self._opened:
+            return f"pool {self.name!r} is not open; call pool.open() or use it as a context manager"
+        return f"pool {self.name!r} is closed"
+
+    def _timeout_error(self, budget: float, now: float) -> PoolTimeout:
+        core = self._core
+        msg = (
+            f"pool {self.name!r}: no connection available within {budget:g}s "
+            f"(size={core.size}, in_use={len(core.lent)}, idle={len(core.idle)}, "
+            f"waiting={len(core.waiters)}, max_size={core.max_size}"
+        )
+        oldest = core.oldest_borrower(now)
+        if oldest is not None and oldest.borrower is not None:
+            msg += (
+                f"; oldest borrower has held its connection for {now - oldest.lent_at:.1f}s, "
+                f"borrowed at {_first_line(oldest.borrower)}"
+            )
+        return PoolTimeout(msg + ")")
+
+    def _connect_error(self) -> ConnectError:
+        last = self._core.last_error
+        if isinstance(last, ConnectError):
+            err = ConnectError(str(last))
+            err.__cause__ = last.__cause__
+            return err
+        return ConnectError(f"pool {self.name!r}: the database cannot be reached")
+
+    def _foreign(self, conn: Any) -> ForeignConnection:
+        with self._lock:
+            idle = any(r.conn is conn for r in self._core.idle)
+        if idle:
+            return ForeignConnection(
+                f"pool {self.name!r}: this connection was already returned (returned twice?)"
+            )
+        return ForeignConnection(
+            f"pool {self.name!r}: this connection is not lent by this pool "
+            "(returned twice, or it belongs to another pool)"
+        )
+
+    def _redacted(self, exc: BaseException) -> BaseException:
+        """Strip secrets from a driver's error in place (its text often echoes the DSN)."""
+        adapter = self._adapter
+        exc.args = tuple(adapter.redact(a) if isinstance(a, str) else a for a in exc.args)
+        if adapter.secrets and any(s in str(exc) for s in adapter.secrets):
+            return PoolError(adapter.redact(str(exc)))
+        return exc
+
+    # -- fork ------------------------------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        _fork_graveyard.extend(self._core.after_fork())
+        self._workers = Workers(self.name, self._config.workers)
+        if self._opened and not self._core.closed:
+            hk = Housekeeper(self.name, _weak_tick(self))
+            self._housekeeper = hk
+            self._gc_queue = hk.kick
+            hk.kick()  # refill to min_size in the background
+
+    def __repr__(self) -> str:
+        core = self._core
+        state = "closed" if core.closed else "open"
+        return (
+            f"<millpond.Pool {self.name!r} {self._adapter.name} {self._adapter.description} "
+            f"{state} size={core.size} idle={len(core.idle)} in_use={len(core.lent)} "
+            f"max_size={core.max_size}>"
+        )
+
+
+def _resolve(target: Any, connect_kwargs: Mapping[str, Any] | None) -> SyncAdapter:
+    if isinstance(target, SyncAdapter):
+        if connect_kwargs:
+            raise ConfigError("connect_kwargs cannot be combined with a driver adapter instance")
+        return target
+    from millpond.drivers.url import resolve
+
+    return resolve(target, dict(connect_kwargs) if connect_kwargs else None)
+
+
+def _weak_tick(pool: Pool) -> Callable[[list[object]], float]:
+    """The housekeeper's tick, holding the pool weakly so an unclosed pool can still be
+    collected (the housekeeper then stops)."""
+    ref = weakref.ref(pool)
+
+    def tick(items: list[object]) -> float:
+        p = ref()
+        return -1.0 if p is None else p._housekeep(items)
+
+    return tick
+
+
+def _where(frame: Any) -> traceback.StackSummary:
+    return traceback.StackSummary.extract(traceback.walk_stack(frame), limit=12)
+
+
+def _format(stack: traceback.StackSummary | None) -> str:
+    if stack is None:
+        return "  (unknown)"
+    return "".join(reversed(stack.format()))
+
+
+def _first_line(stack: traceback.StackSummary | None) -> str:
+    if not stack:
+        return "unknown"
+    f = stack[0]
+    return f"{f.filename}:{f.lineno} in {f.name}"
+
+
+def _iter_pools() -> Iterator[Pool]:
+    return iter(list(_live_pools))
+
+
+def _after_fork_in_child() -> None:
+    for pool in _iter_pools():
+        pool._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,155 @@
+"""The sync driver protocol, and the generic DB-API 2.0 adapter every driver refines.
+
+A pool talks to a database only through a :class:`SyncAdapter`. One adapter instance serves one
+pool; it knows how to open a connection and everything driver-specific about using one. The
+generic adapter's answers are the honest fallbacks for a driver we know nothing about: a
+``SELECT 1`` ping, "unknown" transaction status (so the pool always rolls back), and no full
+reset beyond a rollback.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from millpond.errors import ConfigError
+
+__all__ = ["SyncAdapter", "TxStatus", "redact"]
+
+
+class TxStatus(enum.IntEnum):
+    """What a connection's session looks like when it comes back to the pool."""
+
+    IDLE = 0  # no transaction open: nothing to roll back
+    INTRANS = 1  # a transaction is open (work may be uncommitted)
+    INERROR = 2  # the transaction failed and must be rolled back
+    UNKNOWN = 3  # the driver cannot tell: roll back to be safe
+    BROKEN = 4  # the connection is closed or its socket is gone
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced by ``***`` (longest first, so prefixes never leak)."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+class SyncAdapter:
+    """Generic DB-API 2.0 adapter: ``connect`` is a zero-argument callable.
+
+    Subclasses override what their driver does better. Every method but :meth:`connect` takes a
+    connection this adapter opened. Methods that do I/O may raise the driver's exceptions; the
+    pool decides what a failure means.
+    """
+
+    #: short driver name shown in ``repr(pool)`` and errors ("psycopg", "sqlite3", ...)
+    name: str = "dbapi"
+    #: the pip extra that installs this driver, for error messages
+    extra: str | None = None
+    #: True when :meth:`full_reset` restores a pristine session (not just a rollback)
+    supports_full_reset: bool = False
+    #: exception classes that mean "the connection is gone" (refined per driver)
+    disconnect_errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        description: str = "dbapi",
+        secrets: Iterable[str] = (),
+        module: Any = None,
+    ) -> None:
+        if not callable(connect):
+            raise ConfigError(f"connect target must be callable, got {type(connect).__name__}")
+        self._connect = connect
+        #: a redacted, human-readable target ("postgresql://app@127.0.0.1/test")
+        self.description = description
+        self.secrets: tuple[str, ...] = tuple(s for s in secrets if s)
+        self.module = module
+        if module is not None:
+            op = getattr(module, "OperationalError", None)
+            ie = getattr(module, "InterfaceError", None)
+            self.disconnect_errors = tuple(
+                e for e in (op, ie) if isinstance(e, type) and issubclass(e, BaseException)
+            )
+
+    # -- opening and closing ---------------------------------------------------------------
+
+    def connect(self) -> Any:
+        """Open one new connection (blocking). Raises the driver's error on failure."""
+        return self._connect()
+
+    def close(self, conn: Any) -> None:
+        """Close a connection, swallowing nothing: the caller logs and moves on."""
+        conn.close()
+
+    def is_closed(self, conn: Any) -> bool:
+        """True if the connection is known to be closed (the user closed it, or it broke)."""
+        closed = getattr(conn, "closed", False)
+        return bool(closed) if not callable(closed) else False
+
+    # -- health ----------------------------------------------------------------------------
+
+    def ping(self, conn: Any) -> None:
+        """Prove the connection answers; raise if it does not. Leaves no transaction open
+        that was not open before (the pool pings only idle connections)."""
+        cur = conn.cursor()
+        try:
+            cur.execute("SELECT 1")
+            cur.fetchall()
+        finally:
+            cur.close()
+        # the ping may have begun an implicit transaction on non-autocommit drivers
+        conn.rollback()
+
+    def is_disconnect(self, exc: BaseException, conn: Any | None = None) -> bool:
+        """True if ``exc`` (raised while using ``conn``) means the connection is dead."""
+        if conn is not None and self.is_closed(conn):
+            return True
+        return bool(self.disconnect_errors) and isinstance(exc, self.disconnect_errors)
+
+    # -- session state ---------------------------------------------------------------------
+
+    def status(self, conn: Any) -> TxStatus:
+        """The transaction status; called on every return, so keep it free of I/O."""
+        return TxStatus.UNKNOWN
+
+    def rollback(self, conn: Any) -> None:
+        conn.rollback()
+
+    def commit(self, conn: Any) -> None:
+        """Commit, including a transaction :meth:`begin` opened explicitly in autocommit mode
+        (some drivers' ``commit()`` does nothing in autocommit mode)."""
+        conn.commit()
+
+    def full_reset(self, conn: Any) -> None:
+        """Restore a pristine session. The generic adapter can only roll back."""
+        conn.rollback()
+
+    def get_autocommit(self, conn: Any) -> bool | None:
+        """The connection's autocommit mode, or None if the driver has no such notion."""
+        value = getattr(conn, "autocommit", None)
+        if callable(value):  # some drivers expose autocommit as a method
+            return None
+        return None if value is None else bool(value)
+
+    def set_autocommit(self, conn: Any, value: bool) -> None:
+        conn.autocommit = value
+
+    def begin(self, conn: Any) -> None:
+        """Start a transaction explicitly. Called by ``transaction()`` only when the
+        connection is in autocommit mode; otherwise DB-API begins implicitly."""
+        cur = conn.cursor()
+        try:
+            cur.execute("BEGIN")
+        finally:
+            cur.close()
+
+    # -- presentation ----------------------------------------------------------------------
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.secrets)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.description}>"
