@@ -96,7 +96,6 @@ class PoolCore:
     def lend(self, rec: ConnRecord, now: float) -> None:
         rec.uses += 1
         rec.lent_at = now
-        rec.leak_reported = False
         self.lent[rec.key] = rec
         self.checkouts += 1
 
@@ -334,15 +333,22 @@ class PoolCore:
             self.retire(self.idle.popleft(), "resized")
         self._grow(now)
 
+    def _expire_lent(self) -> None:
+        # the shell's fast return path tests only ``expires``: make it fail for these
+        for rec in self.lent.values():
+            rec.expires = -math.inf
+
     def drain(self, now: float) -> None:
         """Start a new generation: idle connections close now, lent ones on return."""
         self.gen += 1
+        self._expire_lent()
         while self.idle:
             self.retire(self.idle.popleft(), "drained")
         self._grow(now)
 
     def close(self, error: BaseException) -> None:
         self.closed = True
+        self._expire_lent()
         while self.idle:
             self.retire(self.idle.popleft(), "closed")
         while self.waiters:
@@ -417,7 +423,7 @@ class PoolCore:
         # opening may exceed the room left only after a resize down; such connects are
         # cancelled by begin_open or closed on arrival, so size itself never passes cap
         assert self.size <= self.cap, (self.size, self.cap)
-        assert 0 <= self.opening
+        assert self.opening >= 0
         assert not (self.idle and self.waiters), "idle connections while callers wait"
         keys = [r.key for r in self.idle]
         assert len(set(keys)) == len(keys), "a record is idle twice"

@@ -6,6 +6,8 @@ The hot path (an idle, recently used connection out and back in) is written inli
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -78,7 +80,7 @@ class _Borrowed:
     ) -> None:
         conn = self._conn
         self._conn = None
-        self._pool._checkin(conn, ev, False)
+        self._pool.putconn(conn, False, ev)
 
 
 class _Transaction:
@@ -99,7 +101,7 @@ class _Transaction:
                 pool._adapter.begin(conn)
         except BaseException as exc:
             self._conn = None
-            pool._checkin(conn, exc, False)
+            pool.putconn(conn, False, exc)
             raise
         return conn
 
@@ -113,9 +115,9 @@ class _Transaction:
             try:
                 pool._adapter.commit(conn)
             except BaseException as exc:
-                pool._checkin(conn, exc, False)
+                pool.putconn(conn, False, exc)
                 raise
-        pool._checkin(conn, ev, False)
+        pool.putconn(conn, False, ev)
 
 
 class Pool:
@@ -175,6 +177,9 @@ class Pool:
         self._workers = Workers(self.name, config.workers)
         self._housekeeper: Housekeeper | None = None
         self._reset = reset
+        # "rollback" and None act only when the session is not idle; the others always do
+        self._reset_always = reset not in ("rollback", None)
+        self._status = self._adapter.status
         self._leak_timeout = leak_timeout
         self._default_timeout = float(timeout)
         self._gc_queue: Callable[[object], None] = lambda _: None
@@ -283,16 +288,17 @@ class Pool:
         if core.idle:
             rec = core.idle.pop()
             now = self._clock()
-            if now - rec.last_used < core.ping_window and now < rec.expires and rec.gen == core.gen:
+            # idle records are always of the current generation: drain() retires them all
+            if now - rec.last_used < core.ping_window and now < rec.expires:
                 rec.uses += 1
                 rec.lent_at = now
-                rec.leak_reported = False
                 core.lent[rec.key] = rec
                 core.checkouts += 1
                 conn = rec.conn
                 rec.conn = None
                 lock.release()
                 if self._leak_timeout is not None:
+                    rec.leak_reported = False
                     rec.borrower = _where(sys._getframe(1))
                 return conn
             core.idle.append(rec)
@@ -324,17 +330,18 @@ class Pool:
                 self._carry_out(plan)
             if waiter is not None:
                 rec = self._wait(waiter, budget - (time.monotonic() - start), budget)
+            assert rec is not None
             conn = rec.conn
             now = clock()
-            if now - rec.last_used >= core.ping_window:
-                if not self._ping(rec, conn, now):
-                    if time.monotonic() - start >= budget:
-                        with self._lock:
-                            core.timeouts += 1
-                            raise self._timeout_error(budget, clock())
-                    continue
+            if now - rec.last_used >= core.ping_window and not self._ping(rec, conn, now):
+                if time.monotonic() - start >= budget:
+                    with self._lock:
+                        core.timeouts += 1
+                        raise self._timeout_error(budget, clock())
+                continue
             rec.conn = None
             if self._leak_timeout is not None:
+                rec.leak_reported = False
                 rec.borrower = _where(frame)
             return conn
 
@@ -375,33 +382,31 @@ class Pool:
 
     # -- return ----------------------------------------------------------------------------
 
-    def putconn(self, conn: Any, discard: bool = False) -> None:
+    def putconn(
+        self, conn: Any, discard: bool = False, _error: BaseException | None = None
+    ) -> None:
         """Give back a connection from :meth:`getconn`. ``discard=True`` closes it instead."""
-        self._checkin(conn, None, discard)
-
-    def _checkin(self, conn: Any, error: BaseException | None, discard: bool) -> None:
+        # _error: what was raised inside ``with pool.connection()`` (a disconnect discards)
         core = self._core
         rec = core.lent.get(id(conn))
-        if rec is None or not rec.owns(conn):
+        # ids are reused after a garbage collection: make sure it is the very object we lent
+        if rec is None or (rec.pin is not conn and (rec.ref is None or rec.ref() is not conn)):
             raise self._foreign(conn)
-        adapter = self._adapter
         reason: str | None = None
         if discard:
             reason = "discarded"
-        elif error is not None and adapter.is_disconnect(error, conn):
+        elif _error is not None and self._adapter.is_disconnect(_error, conn):
             reason = "broken"
         else:
             try:
-                status = adapter.status(conn)
-                if status is TxStatus.BROKEN:
-                    reason = "broken"
-                elif self._reset is not None and (status or self._reset != "rollback"):
+                status = self._status(conn)
+                if status or self._reset_always:
                     reason = self._reset_session(conn, status)
-                if reason is None and rec.autocommit is not None:
-                    if adapter.get_autocommit(conn) != rec.autocommit:
-                        adapter.set_autocommit(conn, rec.autocommit)
+                ac = rec.autocommit
+                if ac is not None and reason is None and self._adapter.get_autocommit(conn) != ac:
+                    self._adapter.set_autocommit(conn, ac)
             except Exception as exc:
-                reason = "broken" if adapter.is_disconnect(exc, conn) else "reset_failed"
+                reason = "broken" if self._adapter.is_disconnect(exc, conn) else "reset_failed"
                 core.reset_failures += 1
         lock = self._lock
         lock.acquire()
@@ -409,34 +414,41 @@ class Pool:
             lock.release()
             raise self._foreign(conn)
         rec.conn = conn
-        if self._leak_timeout is not None and rec.leak_reported:
-            log.warning("pool %r: leaked connection came back after %.1fs (borrowed at %s)",
-                        self.name, self._clock() - rec.lent_at, _first_line(rec.borrower))
         now = self._clock()
+        # drain() and close() expire lent records, so this one test covers them too
         if (
             reason is None
-            and not core.waiters
             and now < rec.expires
-            and rec.gen == core.gen
+            and not core.waiters
             and rec.uses != core.max_uses
             and len(core.idle) + len(core.lent) < core.max_size
-            and not core.closed
         ):
             rec.last_used = now
             core.idle.append(rec)
             lock.release()
-            return
-        core.checkin(rec, now, reason)
-        if core.closed:
-            self._changed.notify_all()
-        plan = core.flush()
-        lock.release()
-        if plan:
-            self._carry_out(plan)
+        else:
+            core.checkin(rec, now, reason)
+            if core.closed:
+                self._changed.notify_all()
+            plan = core.flush()
+            lock.release()
+            if plan:
+                self._carry_out(plan)
+        if rec.leak_reported:
+            log.warning(
+                "pool %r: a leaked connection came back after %.1fs (borrowed at %s)",
+                self.name,
+                now - rec.lent_at,
+                _first_line(rec.borrower),
+            )
 
     def _reset_session(self, conn: Any, status: TxStatus) -> str | None:
         """Apply the reset policy; a string is the reason to discard the connection."""
+        if status is TxStatus.BROKEN:
+            return "broken"
         policy = self._reset
+        if policy is None:
+            return None
         adapter = self._adapter
         self._core.resets += 1
         if policy == "rollback":
@@ -467,7 +479,7 @@ class Pool:
             if workers.stopped:
                 self._close_one(rec, reason)
             else:
-                workers.submit(lambda rec=rec, reason=reason: self._close_one(rec, reason))
+                workers.submit(functools.partial(self._close_one, rec, reason))
         for rec in plan.leaks:
             log.warning(
                 "pool %r: a connection has been held for %.1fs (leak_timeout=%gs); "
@@ -526,17 +538,19 @@ class Pool:
                     self._adapter.commit(conn)
             return self._adapter.get_autocommit(conn)
         except BaseException:
-            try:
+            with contextlib.suppress(Exception):
                 self._adapter.close(conn)
-            except Exception:
-                pass
             raise
 
     def _watch(self, rec: ConnRecord, conn: Any) -> None:
         """Notice a lent connection that is garbage-collected instead of returned."""
         put = self._gc_queue
+
+        def collected(_ref: weakref.ref[Any], rec: ConnRecord = rec) -> None:
+            put(rec)
+
         try:
-            rec.ref = weakref.ref(conn, lambda _r, rec=rec: put(rec))
+            rec.ref = weakref.ref(conn, collected)
         except TypeError:
             rec.pin = conn
 
@@ -685,7 +699,8 @@ def _resolve(target: Any, connect_kwargs: Mapping[str, Any] | None) -> SyncAdapt
         return target
     from millpond.drivers.url import resolve
 
-    return resolve(target, dict(connect_kwargs) if connect_kwargs else None)
+    adapter: SyncAdapter = resolve(target, dict(connect_kwargs) if connect_kwargs else None)
+    return adapter
 
 
 def _weak_tick(pool: Pool) -> Callable[[list[object]], float]:

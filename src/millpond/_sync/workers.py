@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -89,10 +90,8 @@ class Housekeeper:
         delay = 0.0
         while True:
             items: list[object] = []
-            try:
+            with contextlib.suppress(Empty):
                 items.append(self._queue.get(timeout=delay) if delay > 0 else self._queue.get_nowait())
-            except Empty:
-                pass
             while True:  # batch everything already queued
                 try:
                     items.append(self._queue.get_nowait())
