@@ -312,22 +312,29 @@ class Pool:
         core = self._core
         while True:
             waiter: _SyncWaiter | None = None
+            error: PoolError | None = None
             with self._lock:
                 now = clock()
                 rec = core.take_idle(now)
                 if rec is None:
                     if core.closed:
-                        raise PoolClosed(self._closed_message())
-                    if core.down() and now < core.retry_at:
-                        raise self._connect_error()
-                    if budget <= 0:
+                        error = PoolClosed(self._closed_message())
+                    elif core.down() and now < core.retry_at:
+                        error = self._connect_error()
+                    elif budget <= 0:
                         core.timeouts += 1
-                        raise self._timeout_error(budget, now)
-                    waiter = _SyncWaiter()
-                    core.enqueue(waiter, now)
-                plan = core.flush()
+                        error = self._timeout_error(budget, now)
+                    else:
+                        waiter = _SyncWaiter()
+                        try:
+                            core.enqueue(waiter, now)
+                        except PoolError as exc:
+                            error = exc
+                plan = core.flush()  # stale idle connections take_idle retired, if any
             if plan:
                 self._carry_out(plan)
+            if error is not None:
+                raise error
             if waiter is not None:
                 rec = self._wait(waiter, budget - (time.monotonic() - start), budget)
             assert rec is not None
