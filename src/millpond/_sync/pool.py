@@ -15,13 +15,22 @@ import os
 import sys
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 from millpond._config import PoolConfig, ResetPolicy, check_timeout
+from millpond._core.messages import (
+    borrower_stack,
+    closed_error,
+    connect_error,
+    connect_failure,
+    first_line,
+    foreign_error,
+    format_stack,
+    timeout_error,
+)
 from millpond._core.record import ConnRecord, Plan, Waiter
 from millpond._core.state import PoolCore
 from millpond._core.stats import PoolStats
@@ -29,7 +38,6 @@ from millpond._sync.workers import Housekeeper, Workers
 from millpond.drivers.base import SyncAdapter, TxStatus
 from millpond.errors import (
     ConfigError,
-    ConnectError,
     ForeignConnection,
     PoolClosed,
     PoolError,
@@ -215,7 +223,7 @@ class Pool:
             core = self._core
             while core.size < core.min_size:
                 if core.down():
-                    raise self._connect_error()
+                    raise connect_error(self._core)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise PoolTimeout(
@@ -299,7 +307,7 @@ class Pool:
                 lock.release()
                 if self._leak_timeout is not None:
                     rec.leak_reported = False
-                    rec.borrower = _where(sys._getframe(1))
+                    rec.borrower = borrower_stack(sys._getframe(1))
                 return conn
             core.idle.append(rec)
         lock.release()
@@ -318,12 +326,12 @@ class Pool:
                 rec = core.take_idle(now)
                 if rec is None:
                     if core.closed:
-                        error = PoolClosed(self._closed_message())
+                        error = closed_error(core, self._opened)
                     elif core.down() and now < core.retry_at:
-                        error = self._connect_error()
+                        error = connect_error(self._core)
                     elif budget <= 0:
                         core.timeouts += 1
-                        error = self._timeout_error(budget, now)
+                        error = timeout_error(core, budget, now)
                     else:
                         waiter = _SyncWaiter()
                         try:
@@ -344,12 +352,12 @@ class Pool:
                 if time.monotonic() - start >= budget:
                     with self._lock:
                         core.timeouts += 1
-                        raise self._timeout_error(budget, clock())
+                        raise timeout_error(core, budget, clock())
                 continue
             rec.conn = None
             if self._leak_timeout is not None:
                 rec.leak_reported = False
-                rec.borrower = _where(frame)
+                rec.borrower = borrower_stack(frame)
             return conn
 
     def _wait(self, waiter: _SyncWaiter, left: float, budget: float) -> ConnRecord:
@@ -358,8 +366,8 @@ class Pool:
                 if self._core.cancel(waiter):
                     self._core.timeouts += 1
                     if self._core.failures:
-                        raise self._connect_error()
-                    raise self._timeout_error(budget, self._clock())
+                        raise connect_error(self._core)
+                    raise timeout_error(self._core, budget, self._clock())
             # served (or failed) at the moment we gave up: take what we were handed
         if waiter.error is not None:
             raise waiter.error
@@ -446,7 +454,7 @@ class Pool:
                 "pool %r: a leaked connection came back after %.1fs (borrowed at %s)",
                 self.name,
                 now - rec.lent_at,
-                _first_line(rec.borrower),
+                first_line(rec.borrower),
             )
 
     def _reset_session(self, conn: Any, status: TxStatus) -> str | None:
@@ -494,7 +502,7 @@ class Pool:
                 self.name,
                 self._clock() - rec.lent_at,
                 self._leak_timeout,
-                _format(rec.borrower),
+                format_stack(rec.borrower),
             )
 
     def _open_one(self) -> None:
@@ -510,12 +518,8 @@ class Pool:
             conn = self._adapter.connect()
             autocommit = self._setup(conn)
         except Exception as exc:
-            err = self._redacted(exc)
-            failure = ConnectError(
-                f"pool {self.name!r}: cannot connect to {self._adapter.description}: "
-                f"{type(err).__name__}: {err}"
-            )
-            failure.__cause__ = err
+            ad = self._adapter
+            failure = connect_failure(core, ad.description, exc, ad.redact, ad.secrets)
             with self._lock:
                 core.open_failed(failure, self._clock())
                 self._changed.notify_all()
@@ -582,7 +586,7 @@ class Pool:
                         "pool %r: a connection was garbage-collected without being returned; "
                         "its slot is recovered. Borrowed at: %s",
                         self.name,
-                        _first_line(item.borrower)
+                        first_line(item.borrower)
                         if item.borrower
                         else "unknown (set leak_timeout to record where)",
                     )
@@ -628,53 +632,9 @@ class Pool:
             return self._default_timeout
         return check_timeout("timeout", timeout)
 
-    def _closed_message(self) -> str:
-        if not self._opened:
-            return f"pool {self.name!r} is not open; call pool.open() or use it as a context manager"
-        return f"pool {self.name!r} is closed"
-
-    def _timeout_error(self, budget: float, now: float) -> PoolTimeout:
-        core = self._core
-        msg = (
-            f"pool {self.name!r}: no connection available within {budget:g}s "
-            f"(size={core.size}, in_use={len(core.lent)}, idle={len(core.idle)}, "
-            f"waiting={len(core.waiters)}, max_size={core.max_size}"
-        )
-        oldest = core.oldest_borrower(now)
-        if oldest is not None and oldest.borrower is not None:
-            msg += (
-                f"; oldest borrower has held its connection for {now - oldest.lent_at:.1f}s, "
-                f"borrowed at {_first_line(oldest.borrower)}"
-            )
-        return PoolTimeout(msg + ")")
-
-    def _connect_error(self) -> ConnectError:
-        last = self._core.last_error
-        if isinstance(last, ConnectError):
-            err = ConnectError(str(last))
-            err.__cause__ = last.__cause__
-            return err
-        return ConnectError(f"pool {self.name!r}: the database cannot be reached")
-
     def _foreign(self, conn: Any) -> ForeignConnection:
         with self._lock:
-            idle = any(r.conn is conn for r in self._core.idle)
-        if idle:
-            return ForeignConnection(
-                f"pool {self.name!r}: this connection was already returned (returned twice?)"
-            )
-        return ForeignConnection(
-            f"pool {self.name!r}: this connection is not lent by this pool "
-            "(returned twice, or it belongs to another pool)"
-        )
-
-    def _redacted(self, exc: BaseException) -> BaseException:
-        """Strip secrets from a driver's error in place (its text often echoes the DSN)."""
-        adapter = self._adapter
-        exc.args = tuple(adapter.redact(a) if isinstance(a, str) else a for a in exc.args)
-        if adapter.secrets and any(s in str(exc) for s in adapter.secrets):
-            return PoolError(adapter.redact(str(exc)))
-        return exc
+            return foreign_error(self._core, conn)
 
     # -- fork ------------------------------------------------------------------------------
 
@@ -720,23 +680,6 @@ def _weak_tick(pool: Pool) -> Callable[[list[object]], float]:
         return -1.0 if p is None else p._housekeep(items)
 
     return tick
-
-
-def _where(frame: Any) -> traceback.StackSummary:
-    return traceback.StackSummary.extract(traceback.walk_stack(frame), limit=12)
-
-
-def _format(stack: traceback.StackSummary | None) -> str:
-    if stack is None:
-        return "  (unknown)"
-    return "".join(reversed(stack.format()))
-
-
-def _first_line(stack: traceback.StackSummary | None) -> str:
-    if not stack:
-        return "unknown"
-    f = stack[0]
-    return f"{f.filename}:{f.lineno} in {f.name}"
 
 
 def _iter_pools() -> Iterator[Pool]:

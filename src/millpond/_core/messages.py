@@ -1,0 +1,103 @@
+"""Errors and warnings both shells raise, built from the core's state (no I/O)."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from millpond._core.state import PoolCore
+from millpond.errors import ConnectError, ForeignConnection, PoolClosed, PoolError, PoolTimeout
+
+__all__ = [
+    "borrower_stack",
+    "closed_error",
+    "connect_error",
+    "connect_failure",
+    "first_line",
+    "foreign_error",
+    "format_stack",
+    "timeout_error",
+]
+
+
+def borrower_stack(frame: Any) -> traceback.StackSummary:
+    """Where a connection was borrowed. Source lines are read only when the stack is shown."""
+    return traceback.StackSummary.extract(traceback.walk_stack(frame), limit=12, lookup_lines=False)
+
+
+def format_stack(stack: traceback.StackSummary | None) -> str:
+    if stack is None:
+        return "  (unknown)"
+    return "".join(reversed(stack.format()))
+
+
+def first_line(stack: traceback.StackSummary | None) -> str:
+    if not stack:
+        return "unknown"
+    f = stack[0]
+    return f"{f.filename}:{f.lineno} in {f.name}"
+
+
+def closed_error(core: PoolCore, opened: bool) -> PoolClosed:
+    if not opened:
+        return PoolClosed(
+            f"pool {core.name!r} is not open; call pool.open() or use it as a context manager"
+        )
+    return PoolClosed(f"pool {core.name!r} is closed")
+
+
+def timeout_error(core: PoolCore, budget: float, now: float) -> PoolTimeout:
+    msg = (
+        f"pool {core.name!r}: no connection available within {budget:g}s "
+        f"(size={core.size}, in_use={len(core.lent)}, idle={len(core.idle)}, "
+        f"waiting={len(core.waiters)}, max_size={core.max_size}"
+    )
+    oldest = core.oldest_borrower(now)
+    if oldest is not None and oldest.borrower is not None:
+        msg += (
+            f"; oldest borrower has held its connection for {now - oldest.lent_at:.1f}s, "
+            f"borrowed at {first_line(oldest.borrower)}"
+        )
+    return PoolTimeout(msg + ")")
+
+
+def connect_error(core: PoolCore) -> ConnectError:
+    """A fresh ConnectError carrying the last connect failure (each caller gets its own)."""
+    last = core.last_error
+    if isinstance(last, ConnectError):
+        err = ConnectError(str(last))
+        err.__cause__ = last.__cause__
+        return err
+    return ConnectError(f"pool {core.name!r}: the database cannot be reached")
+
+
+def foreign_error(core: PoolCore, conn: Any) -> ForeignConnection:
+    if any(r.conn is conn for r in core.idle):
+        return ForeignConnection(
+            f"pool {core.name!r}: this connection was already returned (returned twice?)"
+        )
+    return ForeignConnection(
+        f"pool {core.name!r}: this connection is not lent by this pool "
+        "(returned twice, or it belongs to another pool)"
+    )
+
+
+def connect_failure(
+    core: PoolCore,
+    description: str,
+    exc: BaseException,
+    redact: Callable[[str], str],
+    secrets: Iterable[str],
+) -> ConnectError:
+    """Wrap a driver's connect error, with every secret stripped from both (driver messages
+    often echo the DSN)."""
+    exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+    cause: BaseException = exc
+    if any(s in str(exc) for s in secrets):  # the text did not come from args: replace it
+        cause = PoolError(redact(str(exc)))
+    failure = ConnectError(
+        f"pool {core.name!r}: cannot connect to {description}: {type(exc).__name__}: {cause}"
+    )
+    failure.__cause__ = cause
+    return failure
