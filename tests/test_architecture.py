@@ -22,6 +22,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "millpond.drivers",
         "millpond.errors",
     ),
+    "_async": (
+        "millpond._async",
+        "millpond._core",
+        "millpond._config",
+        "millpond.drivers",
+        "millpond.errors",
+    ),
     "testing": ("millpond.drivers", "millpond.errors"),
 }
 # layers above the engine may use only the public API: no private module of millpond

@@ -1,5 +1,6 @@
 """millpond: a fast, safe database connection pool for threads and asyncio."""
 
+from millpond._async.pool import AsyncPool
 from millpond._core.stats import PoolStats
 from millpond._sync.pool import Pool
 from millpond.errors import (
@@ -16,6 +17,7 @@ from millpond.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncPool",
     "ConfigError",
     "ConnectError",
     "ForeignConnection",

@@ -10,14 +10,18 @@ whose connections record what happened to them and fail on command::
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from millpond.drivers.async_base import AsyncAdapter
 from millpond.drivers.base import SyncAdapter, TxStatus
 
-__all__ = ["FakeClock", "FakeConnection", "FakeDisconnect", "FakeDriver", "FakeError"]
+__all__ = [
+    "AsyncFakeDriver",
+    "FakeClock", "FakeConnection", "FakeDisconnect", "FakeDriver", "FakeError"]
 
 
 class FakeClock:
@@ -170,3 +174,106 @@ class FakeDriver(SyncAdapter):
 
     def set_autocommit(self, conn: Any, value: bool) -> None:
         conn.autocommit = value
+
+
+class AsyncFakeDriver(AsyncAdapter):
+    """The async twin of :class:`FakeDriver`, over the same :class:`FakeConnection`.
+
+    ``gates``: name -> ``asyncio.Event``; an operation of that name ("connect", "ping",
+    "rollback", "full_reset", "close", "commit") waits for its event to be set, after setting
+    ``entered[name]``, so a test can cancel a task at exactly that await point.
+    """
+
+    name = "fake-async"
+    supports_full_reset = True
+    disconnect_errors = (FakeDisconnect,)
+
+    def __init__(self, password: str | None = None) -> None:
+        self._numbers = itertools.count(1)
+        super().__init__(self._new, description="fake+async://db", secrets=(password or "",))
+        self.connections: list[FakeConnection] = []
+        self.fail_connect: BaseException | None = None
+        self.fail_ping: set[int] = set()
+        self.fail_reset: set[int] = set()
+        self.on_connect: Callable[[], None] | None = None
+        self.gates: dict[str, asyncio.Event] = {}
+        self.entered: dict[str, asyncio.Event] = {}
+        self.terminated: list[FakeConnection] = []
+
+    async def _gate(self, op: str) -> None:
+        gate = self.gates.get(op)
+        if gate is not None:
+            self.entered.setdefault(op, asyncio.Event()).set()
+            await gate.wait()
+
+    async def _new(self) -> FakeConnection:
+        await self._gate("connect")
+        if self.on_connect is not None:
+            self.on_connect()
+        if self.fail_connect is not None:
+            raise self.fail_connect
+        conn = FakeConnection(next(self._numbers))
+        self.connections.append(conn)
+        return conn
+
+    @property
+    def open_connections(self) -> list[FakeConnection]:
+        return [c for c in self.connections if not c.closed]
+
+    async def close(self, conn: Any) -> None:
+        await self._gate("close")
+        conn.close()
+
+    def terminate(self, conn: Any) -> None:
+        self.terminated.append(conn)
+        conn.close()
+
+    def is_closed(self, conn: Any) -> bool:
+        return bool(conn.closed or conn.broken)
+
+    async def ping(self, conn: Any) -> None:
+        await self._gate("ping")
+        conn.pings += 1
+        conn._alive()
+        if conn.number in self.fail_ping:
+            raise FakeDisconnect("ping failed")
+
+    def status(self, conn: Any) -> TxStatus:
+        if conn.closed or conn.broken:
+            return TxStatus.BROKEN
+        if conn.aborted:
+            return TxStatus.INERROR
+        return TxStatus.INTRANS if conn.in_transaction else TxStatus.IDLE
+
+    async def rollback(self, conn: Any) -> None:
+        await self._gate("rollback")
+        if conn.number in self.fail_reset:
+            raise FakeError("rollback failed")
+        conn.rollback()
+
+    async def full_reset(self, conn: Any) -> None:
+        await self._gate("full_reset")
+        conn._alive()
+        if conn.number in self.fail_reset:
+            raise FakeError("reset failed")
+        conn.rollback()
+        conn.session.clear()
+        conn.full_resets += 1
+
+    def get_autocommit(self, conn: Any) -> bool | None:
+        return bool(conn.autocommit)
+
+    async def set_autocommit(self, conn: Any, value: bool) -> None:
+        conn.autocommit = value
+
+    async def begin(self, conn: Any) -> Any:
+        if conn.autocommit:
+            conn.execute("BEGIN")
+        return None
+
+    async def commit(self, conn: Any, token: Any = None) -> None:
+        await self._gate("commit")
+        conn.commit()
+
+    async def rollback_transaction(self, conn: Any, token: Any = None) -> None:
+        await self.rollback(conn)

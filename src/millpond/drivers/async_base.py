@@ -1,0 +1,131 @@
+"""The asyncio driver protocol: the async twin of :class:`millpond.drivers.base.SyncAdapter`.
+
+One adapter instance serves one ``AsyncPool``. Methods that talk to the server are coroutines;
+``status``, ``is_closed``, ``is_disconnect``, ``get_autocommit`` and ``terminate`` never wait,
+because the pool calls them where it must not yield (on the return path's fast lane, or while
+handling a cancellation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from millpond.drivers.base import TxStatus, redact
+from millpond.errors import ConfigError
+
+__all__ = ["AsyncAdapter"]
+
+
+class AsyncAdapter:
+    """Generic async adapter: ``connect`` is a zero-argument coroutine function.
+
+    The fallbacks assume a DB-API-like async connection (``cursor()``, ``commit()``,
+    ``rollback()``, ``close()`` as coroutines where the driver makes them so).
+    """
+
+    name: str = "async-dbapi"
+    extra: str | None = None
+    supports_full_reset: bool = False
+    disconnect_errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[Any]],
+        *,
+        description: str = "async-dbapi",
+        secrets: Iterable[str] = (),
+    ) -> None:
+        if not callable(connect):
+            raise ConfigError(f"connect target must be callable, got {type(connect).__name__}")
+        self._connect = connect
+        self.description = description
+        self.secrets: tuple[str, ...] = tuple(s for s in secrets if s)
+
+    # -- opening and closing ---------------------------------------------------------------
+
+    async def connect(self) -> Any:
+        return await self._connect()
+
+    async def close(self, conn: Any) -> None:
+        """Close politely (may talk to the server)."""
+        result = conn.close()
+        if hasattr(result, "__await__"):
+            await result
+
+    def terminate(self, conn: Any) -> None:
+        """Drop the connection at once without waiting for the server: used when a reset or a
+        close timed out or was cancelled. Must not block or yield."""
+        transport = getattr(conn, "terminate", None)
+        if callable(transport):
+            transport()
+
+    def is_closed(self, conn: Any) -> bool:
+        closed = getattr(conn, "closed", False)
+        if callable(closed):
+            return False
+        return bool(closed)
+
+    # -- health ----------------------------------------------------------------------------
+
+    async def ping(self, conn: Any) -> None:
+        cur = conn.cursor()
+        if hasattr(cur, "__await__"):
+            cur = await cur
+        try:
+            await cur.execute("SELECT 1")
+            await cur.fetchall()
+        finally:
+            result = cur.close()
+            if hasattr(result, "__await__"):
+                await result
+        await conn.rollback()
+
+    def is_disconnect(self, exc: BaseException, conn: Any | None = None) -> bool:
+        if conn is not None and self.is_closed(conn):
+            return True
+        return bool(self.disconnect_errors) and isinstance(exc, self.disconnect_errors)
+
+    # -- session state ---------------------------------------------------------------------
+
+    def status(self, conn: Any) -> TxStatus:
+        return TxStatus.UNKNOWN
+
+    async def rollback(self, conn: Any) -> None:
+        await conn.rollback()
+
+    async def full_reset(self, conn: Any) -> None:
+        await conn.rollback()
+
+    def get_autocommit(self, conn: Any) -> bool | None:
+        value = getattr(conn, "autocommit", None)
+        if callable(value):
+            return None
+        return None if value is None else bool(value)
+
+    async def set_autocommit(self, conn: Any, value: bool) -> None:
+        conn.autocommit = value
+
+    async def begin(self, conn: Any) -> Any:
+        """Start a transaction for ``pool.transaction()``. Returns a token handed back to
+        :meth:`commit` / :meth:`rollback_transaction` (asyncpg's Transaction object, say)."""
+        if self.get_autocommit(conn):
+            cur = conn.cursor()
+            if hasattr(cur, "__await__"):
+                cur = await cur
+            await cur.execute("BEGIN")
+        return None
+
+    async def commit(self, conn: Any, token: Any = None) -> None:
+        await conn.commit()
+
+    async def rollback_transaction(self, conn: Any, token: Any = None) -> None:
+        await self.rollback(conn)
+
+    # -- presentation ----------------------------------------------------------------------
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.secrets)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.description}>"
