@@ -572,9 +572,11 @@ def test_context_manager(kind: str, driver: Any, loop: Any) -> None:
         return
 
     async def scenario() -> Any:
-        async with millpond.AsyncPool(driver, min_size=1) as pool:
-            async with pool.connection(timeout=5) as conn:
-                assert not conn.closed
+        async with (
+            millpond.AsyncPool(driver, min_size=1) as pool,
+            pool.connection(timeout=5) as conn,
+        ):
+            assert not conn.closed
         return pool, conn
 
     import asyncio
