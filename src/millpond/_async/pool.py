@@ -61,6 +61,9 @@ else:  # pragma: no cover - Python 3.10
         return await asyncio.wait_for(aw, seconds)
 
 
+_CUT_OFF = (asyncio.CancelledError, asyncio.TimeoutError, TimeoutError)
+
+
 class _AsyncWaiter(Waiter):
     __slots__ = ("fut",)
 
@@ -444,6 +447,12 @@ class AsyncPool:
             reason = "discarded"
         elif _error is not None and self._adapter.is_disconnect(_error, conn):
             reason = "broken"
+            self._adapter.terminate(conn)
+        elif isinstance(_error, _CUT_OFF):
+            # a query cut off by a cancellation or timeout can leave the connection
+            # mid-protocol (an unread reply): drop it rather than trust a rollback
+            reason = "cancelled"
+            self._adapter.terminate(conn)
         else:
             status = self._status(conn)
             ac = rec.autocommit
