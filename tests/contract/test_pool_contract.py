@@ -658,3 +658,19 @@ def test_child_after_fork_drops_inherited_connections_without_closing(
     os.close(r)
     assert report == "True False 2"
     assert pool.stats().idle == 2  # the parent is unaffected
+
+
+def test_a_disconnect_makes_the_idle_connections_suspect(make_pool: Any, driver: Any) -> None:
+    pool = make_pool(min_size=3, max_size=3)
+    with pytest.raises(FakeDisconnect), pool.connection() as dead:
+        dead.broken = True
+        dead.execute("SELECT 1")
+    wait_until(lambda: pool.stats().idle == 3, "replacement opened")
+    old = [c for c in driver.connections[:3] if c is not dead]
+    new = driver.connections[3]
+    held = [pool.getconn() for _ in range(3)]
+    assert set(held) == {*old, new}
+    # within ping_window, yet pinged: they were opened before the connection that died
+    assert [c.pings for c in old] == [1, 1] and new.pings == 0
+    for c in held:
+        pool.putconn(c)

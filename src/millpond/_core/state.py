@@ -30,6 +30,8 @@ __all__ = ["PoolCore"]
 #: first retry after a failed connect, and the ceiling of the exponential backoff
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 1.0
+#: reasons to close a connection that cast doubt on the others opened before it
+SUSPICIOUS = frozenset({"broken", "ping_failed"})
 #: the housekeeper wakes at least this often (seconds), whatever the deadlines say
 MAX_SLEEP = 30.0
 
@@ -248,6 +250,8 @@ class PoolCore:
                 reason = "overflow" if self.size < self.cap else "resized"
         if reason is not None:
             self.retire(rec, reason)
+            if reason in SUSPICIOUS:
+                self.suspect_idle()
             self._grow(now)
         else:
             self._place(rec, now)
@@ -257,7 +261,15 @@ class PoolCore:
         if self.lent.get(rec.key) is rec:
             del self.lent[rec.key]
         self.retire(rec, reason)
+        if reason in SUSPICIOUS:
+            self.suspect_idle()
         self._grow(now)
+
+    def suspect_idle(self) -> None:
+        """A connection died: the idle ones may have died with it (a server restart, a
+        network cut). Each is pinged at its next checkout, whatever ``ping_window`` says."""
+        for rec in self.idle:
+            rec.last_used = -math.inf
 
     def collected(self, rec: ConnRecord, now: float) -> bool:
         """A lent connection was garbage-collected: give its slot back. False if it was not
