@@ -674,3 +674,87 @@ def test_a_disconnect_makes_the_idle_connections_suspect(make_pool: Any, driver:
     assert [c.pings for c in old] == [1, 1] and new.pings == 0
     for c in held:
         pool.putconn(c)
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), "soon"])
+def test_invalid_timeout_is_refused_even_when_a_connection_is_idle(
+    make_pool: Any, bad: Any
+) -> None:
+    pool = make_pool(min_size=1, max_size=1)
+    with pytest.raises(millpond.ConfigError, match="timeout"):
+        pool.getconn(timeout=bad)
+    assert pool.stats().idle == 1
+
+
+def test_open_wait_fails_at_once_when_the_pool_is_closed(make_pool: Any, driver: Any) -> None:
+    pool = make_pool(min_size=1, max_size=1, open=False)
+    if pool.kind == "sync":
+        gate = threading.Event()
+        driver.on_connect = lambda: gate.wait(10)
+    else:
+        gate = None
+        driver.gates["connect"] = asyncio.Event()
+    t, out = in_thread(lambda: pool.open(wait=True, timeout=30))
+    wait_until(lambda: pool.stats().opening == 1, "connect under way")
+    pool.close(timeout=0)
+    t.join(10)
+    assert not t.is_alive()
+    assert isinstance(out.get("error"), millpond.PoolClosed)
+    if gate is not None:
+        gate.set()
+
+
+def test_each_waiter_raises_its_own_error(make_pool: Any, driver: Any) -> None:
+    pool = make_pool(min_size=1, max_size=1)
+    held = pool.getconn()
+    waiters = [in_thread(lambda: pool.getconn(timeout=10)) for _ in range(2)]
+    wait_until(lambda: pool.stats().waiting == 2, "two waiters")
+    closer, _ = in_thread(lambda: pool.close(timeout=5))
+    errors = []
+    for t, out in waiters:
+        t.join(10)
+        errors.append(out["error"])
+    pool.putconn(held)
+    closer.join(10)
+    assert all(isinstance(e, millpond.PoolClosed) for e in errors)
+    assert errors[0] is not errors[1]
+
+
+def test_concurrent_double_return_resets_once(make_pool: Any, driver: Any) -> None:
+    pool = make_pool(min_size=1, max_size=1)
+    conn = pool.getconn()
+    conn.execute("INSERT")
+    if pool.kind == "sync":
+        gate = threading.Event()
+        entered = threading.Event()
+        real_rollback = driver.rollback
+
+        def slow_rollback(c: Any) -> None:
+            entered.set()
+            gate.wait(10)
+            real_rollback(c)
+
+        driver.rollback = slow_rollback
+        first, out1 = in_thread(lambda: pool.putconn(conn))
+        entered.wait(10)
+        with pytest.raises(millpond.ForeignConnection):
+            pool.putconn(conn)
+        gate.set()
+        first.join(10)
+        assert "error" not in out1
+    else:
+        driver.gates["rollback"] = agate = asyncio.Event()
+
+        async def both() -> list[Any]:
+            t1 = asyncio.ensure_future(pool.pool.putconn(conn))
+            await driver.entered.setdefault("rollback", asyncio.Event()).wait()
+            t2 = asyncio.ensure_future(pool.pool.putconn(conn))
+            await asyncio.sleep(0)
+            agate.set()
+            return await asyncio.gather(t1, t2, return_exceptions=True)
+
+        results = pool.run(both())
+        assert results[0] is None
+        assert isinstance(results[1], millpond.ForeignConnection)
+    assert conn.rollbacks == 1
+    wait_until(lambda: pool.stats().idle == 1, "returned once")

@@ -29,6 +29,7 @@ from millpond._core.messages import (
     first_line,
     foreign_error,
     format_stack,
+    fresh_error,
     timeout_error,
 )
 from millpond._core.record import ConnRecord, Plan, Waiter
@@ -238,6 +239,8 @@ class AsyncPool:
         core = self._core
         deadline = time.monotonic() + budget
         while core.size < core.min_size:
+            if core.closed:
+                raise closed_error(core, True)
             if core.down():
                 raise connect_error(core)
             left = deadline - time.monotonic()
@@ -303,6 +306,8 @@ class AsyncPool:
 
     async def getconn(self, timeout: float | None = None) -> Any:
         core = self._core
+        if timeout is not None:
+            check_timeout("timeout", timeout)
         if core.idle and _get_running_loop() is self._loop:
             rec = core.idle.pop()
             now = self._clock()
@@ -329,6 +334,7 @@ class AsyncPool:
         self._check_loop(loop)
         clock = self._clock
         deadline = time.monotonic() + budget
+        retry = False  # after a failed ping: keep our place at the head of the queue
         while True:
             waiter: _AsyncWaiter | None = None
             error: PoolError | None = None
@@ -345,7 +351,7 @@ class AsyncPool:
                 else:
                     waiter = _AsyncWaiter(loop.create_future())
                     try:
-                        core.enqueue(waiter, now)
+                        core.enqueue(waiter, now, first=retry)
                     except PoolError as exc:
                         error = exc
             self._carry_out_pending()
@@ -360,6 +366,7 @@ class AsyncPool:
                 if time.monotonic() >= deadline:
                     core.timeouts += 1
                     raise timeout_error(core, budget, clock())
+                retry = True
                 continue
             rec.conn = None
             if self._leak_timeout is not None:
@@ -387,7 +394,7 @@ class AsyncPool:
             if handle is not None:
                 handle.cancel()
         if waiter.error is not None:
-            raise waiter.error
+            raise fresh_error(waiter.error)
         rec = waiter.rec
         assert rec is not None
         return rec
@@ -438,7 +445,11 @@ class AsyncPool:
         """Give back a connection from :meth:`getconn`; ``discard=True`` closes it instead."""
         core = self._core
         rec = core.lent.get(id(conn))
-        if rec is None or (rec.pin is not conn and (rec.ref is None or rec.ref() is not conn)):
+        if (
+            rec is None
+            or rec.resetting
+            or (rec.pin is not conn and (rec.ref is None or rec.ref() is not conn))
+        ):
             raise foreign_error(core, conn)
         if _get_running_loop() is not self._loop:
             self._check_loop(_get_running_loop())
@@ -462,7 +473,9 @@ class AsyncPool:
                 or (ac is not None and self._adapter.get_autocommit(conn) != ac)
             ):
                 # the reset runs in its own task, so a cancellation of the caller cannot cut
-                # it off halfway; the caller still sees the cancellation
+                # it off halfway; the caller still sees the cancellation. The claim makes a
+                # second return of the same connection fail instead of resetting it again.
+                rec.resetting = True
                 task = self._spawn(self._reset_then_checkin(rec, conn, status))
                 await asyncio.shield(task)
                 return
@@ -483,6 +496,7 @@ class AsyncPool:
         if reason is not None:
             with contextlib.suppress(Exception):
                 adapter.terminate(conn)
+        rec.resetting = False
         self._checkin(rec, conn, reason)
 
     async def _reset_session(self, rec: ConnRecord, conn: Any, status: TxStatus) -> str | None:

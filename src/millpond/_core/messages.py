@@ -17,6 +17,7 @@ __all__ = [
     "first_line",
     "foreign_error",
     "format_stack",
+    "fresh_error",
     "timeout_error",
 ]
 
@@ -101,3 +102,14 @@ def connect_failure(
     )
     failure.__cause__ = cause
     return failure
+
+
+def fresh_error(error: BaseException) -> BaseException:
+    """A copy of an error shared by several waiters (a failed connect, a close), so that each
+    caller raises its own object and tracebacks do not pile up across threads or tasks."""
+    try:
+        copy = type(error)(*error.args)
+    except Exception:
+        return error
+    copy.__cause__ = error.__cause__
+    return copy

@@ -30,6 +30,7 @@ class ConnRecord:
         "lent_at",
         "pin",
         "ref",
+        "resetting",
         "uses",
     )
 
@@ -47,6 +48,7 @@ class ConnRecord:
         self.borrower: Any = None  # where it was borrowed, when leak tracking is on
         self.leak_reported = False
         self.autocommit: bool | None = None
+        self.resetting = False  # claimed by a return that is resetting it
 
     def owns(self, conn: Any) -> bool:
         """True if ``conn`` is this record's connection (ids can be reused after a GC)."""

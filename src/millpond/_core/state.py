@@ -7,8 +7,8 @@ it with :meth:`PoolCore.flush` after releasing its lock and does the I/O.
 Invariants (checked by :meth:`PoolCore.check_invariants` in tests):
 
 * a record is in exactly one of ``idle`` / ``lent`` / a pending close, or being opened;
-* ``size <= cap`` where ``size = len(idle) + len(lent)``, and ``size + opening <= cap`` but
-  for connects already under way when the pool was resized down;
+* ``size <= cap`` where ``size = len(idle) + len(lent)``, except right after a resize down,
+  when lent connections beyond the new cap close as they come back;
 * ``idle`` and ``waiters`` are never both non-empty once a call returns (strict hand-off);
 * waiters are served in arrival order.
 """
@@ -133,8 +133,10 @@ class PoolCore:
             self._grow(now)
         return None
 
-    def enqueue(self, waiter: Waiter, now: float) -> None:
-        """Queue a caller; raises if the pool is closed or the queue is full."""
+    def enqueue(self, waiter: Waiter, now: float, first: bool = False) -> None:
+        """Queue a caller; raises if the pool is closed or the queue is full. ``first``: the
+        caller was already served once but its connection failed validation, so it keeps
+        its place at the head of the queue."""
         if self.closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
         mw = self.config.max_waiting
@@ -145,7 +147,10 @@ class PoolCore:
                 f"(max_waiting={mw}); size={self.size}, in_use={len(self.lent)}"
             )
         self.waits += 1
-        self.waiters.append(waiter)
+        if first:
+            self.waiters.appendleft(waiter)
+        else:
+            self.waiters.append(waiter)
         self._grow(now)
 
     def cancel(self, waiter: Waiter) -> bool:
@@ -207,6 +212,9 @@ class PoolCore:
             self.retire(rec, "closed")
         elif self.size >= self.cap:  # the pool was resized down while this one connected
             self.retire(rec, "resized")
+        elif not self.waiters and self.size >= self.max_size:
+            # an overflow connect whose caller gave up (or was served) meanwhile
+            self.retire(rec, "overflow")
         else:
             self._place(rec, now)
             self._grow(now)
@@ -432,9 +440,10 @@ class PoolCore:
 
     def check_invariants(self) -> None:
         """Assert the rules of the design's section 3 (used by tests)."""
-        # opening may exceed the room left only after a resize down; such connects are
-        # cancelled by begin_open or closed on arrival, so size itself never passes cap
-        assert self.size <= self.cap, (self.size, self.cap)
+        # only a resize down leaves more connections than cap, and then only lent ones
+        # (closed as they come back); connects planned before it are called off by
+        # begin_open or closed on arrival
+        assert self.size <= self.cap or not self.idle, (self.size, self.cap)
         assert self.opening >= 0
         assert not (self.idle and self.waiters), "idle connections while callers wait"
         keys = [r.key for r in self.idle]

@@ -29,6 +29,7 @@ from millpond._core.messages import (
     first_line,
     foreign_error,
     format_stack,
+    fresh_error,
     timeout_error,
 )
 from millpond._core.record import ConnRecord, Plan, Waiter
@@ -222,8 +223,10 @@ class Pool:
         with self._changed:
             core = self._core
             while core.size < core.min_size:
+                if core.closed:
+                    raise closed_error(core, True)
                 if core.down():
-                    raise connect_error(self._core)
+                    raise connect_error(core)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise PoolTimeout(
@@ -243,6 +246,7 @@ class Pool:
             if self._core.closed:
                 return
             self._core.close(PoolClosed(f"pool {self.name!r} was closed while waiting"))
+            self._changed.notify_all()  # an open(wait=True) in another thread
             plan = self._core.flush()
         if plan:
             self._carry_out(plan)
@@ -292,6 +296,8 @@ class Pool:
         """Borrow a connection; give it back with :meth:`putconn`."""
         lock = self._lock
         core = self._core
+        if timeout is not None:
+            check_timeout("timeout", timeout)
         lock.acquire()
         if core.idle:
             rec = core.idle.pop()
@@ -318,6 +324,7 @@ class Pool:
         clock = self._clock
         start = time.monotonic()
         core = self._core
+        retry = False  # after a failed ping: keep our place at the head of the queue
         while True:
             waiter: _SyncWaiter | None = None
             error: PoolError | None = None
@@ -335,7 +342,7 @@ class Pool:
                     else:
                         waiter = _SyncWaiter()
                         try:
-                            core.enqueue(waiter, now)
+                            core.enqueue(waiter, now, first=retry)
                         except PoolError as exc:
                             error = exc
                 plan = core.flush()  # stale idle connections take_idle retired, if any
@@ -353,6 +360,7 @@ class Pool:
                     with self._lock:
                         core.timeouts += 1
                         raise timeout_error(core, budget, clock())
+                retry = True
                 continue
             rec.conn = None
             if self._leak_timeout is not None:
@@ -361,16 +369,29 @@ class Pool:
             return conn
 
     def _wait(self, waiter: _SyncWaiter, left: float, budget: float) -> ConnRecord:
-        if not waiter.wait(left):
+        core = self._core
+        try:
+            served = waiter.wait(left)
+        except BaseException:
+            # interrupted (KeyboardInterrupt, a signal handler raising): withdraw, or pass on
+            # a connection handed over meanwhile, so the slot is not lost
             with self._lock:
-                if self._core.cancel(waiter):
-                    self._core.timeouts += 1
-                    if self._core.failures:
-                        raise connect_error(self._core)
-                    raise timeout_error(self._core, budget, self._clock())
+                if not core.cancel(waiter) and waiter.rec is not None:
+                    core.decline(waiter, self._clock())
+                plan = core.flush()
+            if plan:
+                self._carry_out(plan)
+            raise
+        if not served:
+            with self._lock:
+                if core.cancel(waiter):
+                    core.timeouts += 1
+                    if core.failures:
+                        raise connect_error(core)
+                    raise timeout_error(core, budget, self._clock())
             # served (or failed) at the moment we gave up: take what we were handed
         if waiter.error is not None:
-            raise waiter.error
+            raise fresh_error(waiter.error)
         rec = waiter.rec
         assert rec is not None
         return rec
@@ -380,9 +401,13 @@ class Pool:
         core = self._core
         try:
             self._adapter.ping(conn)
-        except Exception as exc:
-            log.info("pool %r: discarding a connection that failed its ping: %s", self.name,
-                     self._adapter.redact(str(exc)))
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                log.info(
+                    "pool %r: discarding a connection that failed its ping: %s",
+                    self.name,
+                    self._adapter.redact(str(exc)),
+                )
             with self._lock:
                 core.pings += 1
                 core.ping_failures += 1
@@ -390,6 +415,8 @@ class Pool:
                 plan = core.flush()
             if plan:
                 self._carry_out(plan)
+            if not isinstance(exc, Exception):
+                raise  # interrupted mid-ping: the connection is discarded, the slot given back
             return False
         core.pings += 1  # a racy increment is fine for a counter read under the lock
         rec.last_used = now
@@ -407,33 +434,25 @@ class Pool:
         # ids are reused after a garbage collection: make sure it is the very object we lent
         if rec is None or (rec.pin is not conn and (rec.ref is None or rec.ref() is not conn)):
             raise self._foreign(conn)
-        reason: str | None = None
-        if discard:
-            reason = "discarded"
-        elif _error is not None and self._adapter.is_disconnect(_error, conn):
-            reason = "broken"
-        else:
-            try:
-                status = self._status(conn)
-                if status or self._reset_always:
-                    reason = self._reset_session(conn, status)
-                ac = rec.autocommit
-                if ac is not None and reason is None and self._adapter.get_autocommit(conn) != ac:
-                    self._adapter.set_autocommit(conn, ac)
-            except Exception as exc:
-                reason = "broken" if self._adapter.is_disconnect(exc, conn) else "reset_failed"
-                core.reset_failures += 1
+        if discard or _error is not None or self._reset_always:
+            self._return_slow(rec, conn, discard, _error)
+            return
+        status = self._status(conn)
+        ac = rec.autocommit
+        if status or (ac is not None and self._adapter.get_autocommit(conn) != ac):
+            self._return_slow(rec, conn, False, None)
+            return
         lock = self._lock
         lock.acquire()
-        if core.lent.pop(rec.key, None) is not rec:
+        if rec.resetting or core.lent.get(rec.key) is not rec:
             lock.release()
             raise self._foreign(conn)
+        del core.lent[rec.key]
         rec.conn = conn
         now = self._clock()
         # drain() and close() expire lent records, so this one test covers them too
         if (
-            reason is None
-            and now < rec.expires
+            now < rec.expires
             and not core.waiters
             and rec.uses != core.max_uses
             and len(core.idle) + len(core.lent) < core.max_size
@@ -442,20 +461,70 @@ class Pool:
             core.idle.append(rec)
             lock.release()
         else:
-            core.checkin(rec, now, reason)
-            if core.closed:
-                self._changed.notify_all()
-            plan = core.flush()
-            lock.release()
-            if plan:
-                self._carry_out(plan)
+            core.checkin(rec, now, None)
+            self._after_checkin()
         if rec.leak_reported:
-            log.warning(
-                "pool %r: a leaked connection came back after %.1fs (borrowed at %s)",
-                self.name,
-                now - rec.lent_at,
-                first_line(rec.borrower),
-            )
+            self._leak_returned(rec, now)
+
+    def _return_slow(
+        self, rec: ConnRecord, conn: Any, discard: bool, error: BaseException | None
+    ) -> None:
+        """A return that needs I/O (a rollback, a reset) or closes the connection. The record
+        is claimed under the lock first, so a second return of the same connection from
+        another thread fails at once instead of resetting it concurrently."""
+        core = self._core
+        lock = self._lock
+        with lock:
+            if rec.resetting or core.lent.get(rec.key) is not rec:
+                raise foreign_error(core, conn)
+            rec.resetting = True
+        reason: str | None = None
+        adapter = self._adapter
+        try:
+            if discard:
+                reason = "discarded"
+            elif error is not None and adapter.is_disconnect(error, conn):
+                reason = "broken"
+            else:
+                reason = self._reset_session(conn, self._status(conn))
+                ac = rec.autocommit
+                if reason is None and ac is not None and adapter.get_autocommit(conn) != ac:
+                    adapter.set_autocommit(conn, ac)
+        except Exception as exc:
+            reason = "broken" if adapter.is_disconnect(exc, conn) else "reset_failed"
+            with lock:
+                core.reset_failures += 1
+        except BaseException:  # interrupted mid-reset: the session state is unknown
+            reason = "reset_failed"
+            raise
+        finally:
+            lock.acquire()
+            rec.resetting = False
+            del core.lent[rec.key]
+            rec.conn = conn
+            now = self._clock()
+            core.checkin(rec, now, reason)
+            self._after_checkin()
+        if rec.leak_reported:
+            self._leak_returned(rec, now)
+
+    def _after_checkin(self) -> None:
+        """Finish a slow-path checkin: called holding the lock, releases it."""
+        core = self._core
+        if core.closed:
+            self._changed.notify_all()
+        plan = core.flush()
+        self._lock.release()
+        if plan:
+            self._carry_out(plan)
+
+    def _leak_returned(self, rec: ConnRecord, now: float) -> None:
+        log.warning(
+            "pool %r: a leaked connection came back after %.1fs (borrowed at %s)",
+            self.name,
+            now - rec.lent_at,
+            first_line(rec.borrower),
+        )
 
     def _reset_session(self, conn: Any, status: TxStatus) -> str | None:
         """Apply the reset policy; a string is the reason to discard the connection."""
@@ -465,10 +534,13 @@ class Pool:
         if policy is None:
             return None
         adapter = self._adapter
-        self._core.resets += 1
         if policy == "rollback":
+            if not status:
+                return None  # here only to restore autocommit
+            self._core.resets += 1
             adapter.rollback(conn)
         elif policy == "full":
+            self._core.resets += 1
             try:
                 adapter.full_reset(conn)
             except NotImplementedError:
@@ -582,6 +654,7 @@ class Pool:
             now = self._clock()
             for item in items:
                 if isinstance(item, ConnRecord) and core.collected(item, now):
+                    self._changed.notify_all()  # a close() may be waiting for it
                     log.warning(
                         "pool %r: a connection was garbage-collected without being returned; "
                         "its slot is recovered. Borrowed at: %s",
