@@ -71,17 +71,40 @@ class _SyncWaiter(Waiter):
 
 
 class _Borrowed:
-    """``with pool.connection() as conn``: a raw connection out, back in on exit."""
+    """``with pool.connection() as conn``: a raw connection out, back in on exit.
 
-    __slots__ = ("_conn", "_pool", "_timeout")
+    The common case (an idle, recently used connection out; a connection back with no
+    transaction open) is written out here rather than delegated to ``getconn``/``putconn``:
+    the calls saved are a quarter of the pool's cost per checkout. Keep it in step with them.
+    """
+
+    __slots__ = ("_conn", "_pool", "_rec", "_timeout")
 
     def __init__(self, pool: Pool, timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
-        self._conn: Any = None
 
     def __enter__(self) -> Any:
-        self._conn = conn = self._pool.getconn(self._timeout)
+        pool = self._pool
+        core = pool._core
+        if self._timeout is None and pool._leak_timeout is None:
+            lock = pool._lock
+            lock.acquire()
+            if core.idle:
+                rec = core.idle.pop()
+                now = pool._clock()
+                if now - rec.last_used < core.ping_window and now < rec.expires:
+                    rec.uses += 1
+                    rec.lent_at = now
+                    core.lent[rec.key] = rec
+                    core.checkouts += 1
+                    self._conn = conn = rec.conn
+                    rec.conn = None
+                    lock.release()
+                    return conn
+                core.idle.append(rec)
+            lock.release()
+        self._conn = conn = pool._getconn_slow(self._timeout, sys._getframe(1))
         return conn
 
     def __exit__(
@@ -89,7 +112,37 @@ class _Borrowed:
     ) -> None:
         conn = self._conn
         self._conn = None
-        self._pool.putconn(conn, False, ev)
+        pool = self._pool
+        if ev is None and not pool._reset_always:
+            core = pool._core
+            rec = core.lent.get(id(conn))
+            if (
+                rec is not None
+                and not rec.resetting
+                and (rec.pin is conn or (rec.ref is not None and rec.ref() is conn))
+                and not pool._status(conn)
+                and (rec.autocommit is None or pool._adapter.get_autocommit(conn) == rec.autocommit)
+            ):
+                lock = pool._lock
+                lock.acquire()
+                now = pool._clock()
+                if (
+                    not rec.resetting
+                    and now < rec.expires
+                    and not core.waiters
+                    and rec.uses != core.max_uses
+                    and len(core.idle) + len(core.lent) <= core.max_size
+                    and core.lent.pop(rec.key, None) is rec
+                ):
+                    rec.conn = conn
+                    rec.last_used = now
+                    core.idle.append(rec)
+                    lock.release()
+                    if rec.leak_reported:
+                        pool._leak_returned(rec, now)
+                    return
+                lock.release()
+        pool.putconn(conn, False, ev)
 
 
 class _Transaction:

@@ -8,6 +8,8 @@ handling a cancellation).
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -45,7 +47,18 @@ class AsyncAdapter:
     # -- opening and closing ---------------------------------------------------------------
 
     async def connect(self) -> Any:
-        return await self._connect()
+        result = self._connect()
+        if not inspect.isawaitable(result):
+            # a synchronous connect function handed to AsyncPool: a TypeError from ``await``
+            # would reach the user as a connect failure, looking like an unreachable server
+            with contextlib.suppress(Exception):
+                result.close()  # do not leak what it opened
+            raise ConfigError(
+                f"the AsyncPool connect target returned {type(result).__name__}, not an "
+                "awaitable: give a coroutine function (async def), or use millpond.Pool for a "
+                "synchronous driver"
+            )
+        return await result
 
     async def close(self, conn: Any) -> None:
         """Close politely (may talk to the server)."""

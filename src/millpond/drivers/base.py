@@ -10,12 +10,13 @@ reset beyond a rollback.
 from __future__ import annotations
 
 import enum
+import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from millpond.errors import ConfigError
 
-__all__ = ["SyncAdapter", "TxStatus", "redact"]
+__all__ = ["SyncAdapter", "TxStatus", "load_driver", "redact"]
 
 
 class TxStatus(enum.IntEnum):
@@ -33,6 +34,23 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+def load_driver(module_name: str, extra: str | None) -> Any:
+    """Import a driver library on first use, turning a missing one into a ConfigError.
+
+    Drivers are imported only here, when a pool for them is built, so that ``import millpond``
+    stays cheap and works with none of them installed.
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        top = module_name.partition(".")[0]
+        if isinstance(exc, ModuleNotFoundError) and exc.name in (module_name, top):
+            hint = f": pip install 'millpond[{extra}]'" if extra else ""
+            raise ConfigError(f"the {module_name!r} driver is not installed{hint}") from exc
+        # installed but broken (a missing shared library, say): the cause is the useful part
+        raise ConfigError(f"the {module_name!r} driver failed to import: {exc}") from exc
 
 
 class SyncAdapter:

@@ -1,0 +1,110 @@
+"""psycopg 3 (``postgresql://``, ``postgresql+psycopg://``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from millpond.drivers.base import SyncAdapter, TxStatus, load_driver
+
+__all__ = ["PsycopgAdapter"]
+
+# libpq's PQtransactionStatus values, which psycopg exposes unchanged as pq.TransactionStatus;
+# spelled out so that status() needs no import and no enum construction on every return
+_PQ_STATUS = (
+    TxStatus.IDLE,  # PQTRANS_IDLE
+    TxStatus.UNKNOWN,  # PQTRANS_ACTIVE: a command (COPY, a half-read stream) is in flight
+    TxStatus.INTRANS,  # PQTRANS_INTRANS
+    TxStatus.INERROR,  # PQTRANS_INERROR
+    TxStatus.BROKEN,  # PQTRANS_UNKNOWN: libpq's word for a bad connection
+)
+
+# SQLSTATE classes and codes that mean the session is over, for errors seen without their
+# connection: 08 = connection exception, 57P01-57P03 = admin/crash shutdown, cannot connect now
+_DISCONNECT_SQLSTATES = ("57P01", "57P02", "57P03")
+
+
+class PsycopgAdapter(SyncAdapter):
+    name = "psycopg"
+    extra = "psycopg"
+    supports_full_reset = True
+
+    @classmethod
+    def from_kwargs(
+        cls, kwargs: Mapping[str, Any], *, description: str, secrets: Iterable[str] = ()
+    ) -> PsycopgAdapter:
+        psycopg = load_driver("psycopg", cls.extra)
+        params = dict(kwargs)
+
+        def connect() -> Any:
+            return psycopg.connect(**params)
+
+        return cls(connect, description=description, secrets=secrets, module=psycopg)
+
+    def is_closed(self, conn: Any) -> bool:
+        return bool(conn.closed)
+
+    def ping(self, conn: Any) -> None:
+        # An empty query is one round trip that the server answers with EmptyQueryResponse.
+        # Outside autocommit psycopg would first send BEGIN (and we would need a ROLLBACK),
+        # so autocommit is switched on around it; on an idle connection that switch is
+        # client-side only. prepare=False here and below: psycopg prepares a statement
+        # server-side by its fifth run on a connection, and DISCARD ALL unprepares it.
+        if conn.autocommit or conn.pgconn.transaction_status != 0:
+            conn.execute("", prepare=False)
+            return
+        conn.autocommit = True
+        try:
+            conn.execute("", prepare=False)
+        finally:
+            if not conn.closed:
+                conn.autocommit = False
+
+    def is_disconnect(self, exc: BaseException, conn: Any | None = None) -> bool:
+        if conn is not None and conn.closed:
+            return True
+        psycopg = self.module
+        if psycopg is None or not isinstance(
+            exc, (psycopg.OperationalError, psycopg.InterfaceError)
+        ):
+            return False
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate is not None:
+            return sqlstate.startswith("08") or sqlstate in _DISCONNECT_SQLSTATES
+        # Without a SQLSTATE the error came from libpq itself (socket closed, server gone) or
+        # from psycopg refusing a closed connection; the connection, if we have it, was open.
+        return conn is None
+
+    def status(self, conn: Any) -> TxStatus:
+        pgconn = conn.pgconn
+        if pgconn.status != 0:  # CONNECTION_BAD: closed by the user or broken
+            return TxStatus.BROKEN
+        return _PQ_STATUS[pgconn.transaction_status]
+
+    def full_reset(self, conn: Any) -> None:
+        """Roll back, then ``DISCARD ALL``: role and session authorization, every setting
+        (custom ones too), advisory locks, prepared statements, ``LISTEN``s, temp tables,
+        cached plans and sequence state. psycopg notices the ``DISCARD ALL`` and forgets its
+        own prepared statements with the server's. The autocommit mode is kept."""
+        conn.rollback()
+        autocommit = conn.autocommit
+        # DISCARD ALL refuses to run inside a transaction block
+        conn.autocommit = True
+        try:
+            # never prepared: psycopg prepares a statement by its fifth run, and a prepared
+            # DISCARD ALL deallocates itself while psycopg's cache still names it
+            conn.execute("DISCARD ALL", prepare=False)
+        finally:
+            if not conn.closed:
+                conn.autocommit = autocommit
+
+    def get_autocommit(self, conn: Any) -> bool:
+        return bool(conn.autocommit)
+
+    def set_autocommit(self, conn: Any, value: bool) -> None:
+        conn.autocommit = value
+
+    def begin(self, conn: Any) -> None:
+        # outside autocommit psycopg sends BEGIN itself before the first statement
+        if conn.autocommit and conn.pgconn.transaction_status == 0:
+            conn.execute("BEGIN", prepare=False)
