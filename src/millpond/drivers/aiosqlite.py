@@ -1,4 +1,5 @@
-"""aiosqlite (``sqlite+aiosqlite:///path``).
+"""aiosqlite 0.22+ (``sqlite+aiosqlite:///path``; :meth:`AiosqliteAdapter.terminate` needs the
+``stop()`` that 0.22 added).
 
 aiosqlite runs each connection's sqlite3 handle in a thread of its own and hands statements
 to it through a queue. The sqlite3 handle is opened with ``check_same_thread=False``: the
