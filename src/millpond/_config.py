@@ -30,6 +30,9 @@ class PoolConfig:
     reset: ResetPolicy = "rollback"
     configure: Callable[[Any], None] | None = None
     leak_timeout: float | None = None
+    #: ping idle connections in the background this often (seconds), so that NAT/firewall
+    #: idle cuts and server-side idle timeouts never reach a borrower
+    keepalive: float | None = None
     name: str | None = None
     #: fraction of max_lifetime taken off at random per connection, so a pool opened at once
     #: does not retire every connection in the same instant
@@ -54,6 +57,7 @@ class PoolConfig:
         _seconds("max_idle", self.max_idle, allow_none=True, positive=True)
         _seconds("ping_window", self.ping_window)
         _seconds("leak_timeout", self.leak_timeout, allow_none=True, positive=True)
+        _seconds("keepalive", self.keepalive, allow_none=True, positive=True)
         if not isinstance(self.lifetime_jitter, (int, float)) or not 0 <= self.lifetime_jitter < 1:
             raise ConfigError(f"lifetime_jitter={self.lifetime_jitter!r} must be in [0, 1)")
         if not isinstance(self.pre_ping, bool):

@@ -758,3 +758,22 @@ def test_concurrent_double_return_resets_once(make_pool: Any, driver: Any) -> No
         assert isinstance(results[1], millpond.ForeignConnection)
     assert conn.rollbacks == 1
     wait_until(lambda: pool.stats().idle == 1, "returned once")
+
+
+def test_keepalive_pings_idle_connections_in_the_background(
+    make_pool: Any, driver: Any, clock: FakeClock
+) -> None:
+    pool = make_pool(min_size=2, max_size=2, keepalive=30)
+    conns = list(driver.connections)
+    clock.advance(31)
+    pool.maintain()
+    wait_until(lambda: all(c.pings == 1 for c in conns), "both pinged")
+    wait_until(lambda: pool.stats().idle == 2, "back to idle")
+    # a dead one is found by the keepalive, not by a borrower
+    driver.fail_ping.add(conns[0].number)
+    clock.advance(31)
+    pool.maintain()
+    wait_until(lambda: pool.stats().closed_by_reason.get("keepalive_failed") == 1, "found dead")
+    wait_until(lambda: pool.stats().idle == 2, "replaced")
+    with pool.connection() as c1, pool.connection() as c2:
+        assert conns[0] not in (c1, c2)

@@ -28,6 +28,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.numbers = 0
         self.core: PoolCore | None = None
         self.held: dict[int, ConnRecord] = {}  # records lent to simulated borrowers
+        self.pinging: dict[int, ConnRecord] = {}  # idle records out for a keepalive ping
         self.queue: list[Waiter] = []  # our own view of who is waiting, in arrival order
         self.planned = 0  # opens the core asked for that no worker has finished
         self.closed_keys: set[int] = set()
@@ -44,6 +45,7 @@ class CoreMachine(RuleBasedStateMachine):
         lifetime=st.sampled_from([None, 5.0, 50.0]),
         max_idle=st.sampled_from([None, 3.0, 30.0]),
         seed=st.integers(0, 2**16),
+        keepalive=st.sampled_from([None, 2.0]),
     )
     @precondition(lambda self: self.core is None)
     def start(
@@ -56,6 +58,7 @@ class CoreMachine(RuleBasedStateMachine):
         lifetime: float | None,
         max_idle: float | None,
         seed: int,
+        keepalive: float | None,
     ) -> None:
         cfg = PoolConfig(
             min_size=min_size,
@@ -66,6 +69,7 @@ class CoreMachine(RuleBasedStateMachine):
             max_lifetime=lifetime,
             max_idle=max_idle,
             leak_timeout=10.0,
+            keepalive=keepalive,
         )
         self.core = PoolCore(cfg, "sm", random.Random(seed))
         self.core._grow(self.now)
@@ -81,6 +85,9 @@ class CoreMachine(RuleBasedStateMachine):
         if plan is None:
             return
         self.planned += plan.opens
+        for rec in plan.pings:
+            assert rec.key in core.lent and rec not in core.idle
+            self.pinging[rec.key] = rec
         for rec, _reason in plan.closes:
             assert rec.key not in core.lent and rec not in core.idle
             self.closed_keys.add(rec.key)
@@ -177,6 +184,16 @@ class CoreMachine(RuleBasedStateMachine):
         assert not core.collected(rec, self.now), "a slot was given back twice"
         self.apply()
 
+    @rule(data=st.data(), ok=st.booleans())
+    @precondition(lambda self: self.core is not None and self.pinging)
+    def keepalive_ping_done(self, data: st.DataObject, ok: bool) -> None:
+        core = self.core
+        assert core is not None
+        key = data.draw(st.sampled_from(sorted(self.pinging)))
+        rec = self.pinging.pop(key)
+        core.pinged(rec, ok, self.now)
+        self.apply()
+
     @rule(dt=st.sampled_from([0.1, 1.0, 4.0, 20.0]))
     @precondition(lambda self: self.core is not None)
     def time_passes(self, dt: float) -> None:
@@ -233,7 +250,7 @@ class CoreMachine(RuleBasedStateMachine):
             return
         core.check_invariants()
         assert core.opening == self.planned, (core.opening, self.planned)
-        assert set(core.lent) == set(self.held), "a lent connection is unaccounted for"
+        assert set(core.lent) == set(self.held) | set(self.pinging), "a lent connection is lost"
         idle_keys = {r.key for r in core.idle}
         assert not idle_keys & self.closed_keys, "a closed connection is idle"
         assert not set(core.lent) & self.closed_keys, "a closed connection is lent"

@@ -49,6 +49,8 @@ _get_running_loop = asyncio.get_running_loop
 #: terminated instead, and how long a polite close may take
 RESET_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
+#: how long a background keepalive ping may go unanswered before the connection counts as dead
+PING_TIMEOUT = 10.0
 
 if sys.version_info >= (3, 11):
 
@@ -164,6 +166,7 @@ class AsyncPool:
         reset: ResetPolicy = "rollback",
         configure: Callable[[Any], Any] | None = None,
         leak_timeout: float | None = None,
+        keepalive: float | None = None,
         name: str | None = None,
         open: bool = False,
         workers: int = 2,
@@ -188,6 +191,7 @@ class AsyncPool:
             reset=reset,
             configure=configure,
             leak_timeout=leak_timeout,
+            keepalive=keepalive,
             name=name,
             workers=workers,
         )
@@ -572,6 +576,8 @@ class AsyncPool:
             w.wake()
         for _ in range(plan.opens):
             self._spawn(self._open_one())
+        for rec in plan.pings:
+            self._spawn(self._keepalive_ping(rec))
         for rec, reason in plan.closes:
             self._spawn(self._close_one(rec, reason))
         for rec in plan.leaks:
@@ -615,6 +621,29 @@ class AsyncPool:
             self._watch(rec, conn)
             self._carry_out_pending()
             self._notify()
+
+    async def _keepalive_ping(self, rec: ConnRecord) -> None:
+        adapter = self._adapter
+        try:
+            await _bounded(adapter.ping(rec.conn), PING_TIMEOUT)
+            ok = True
+        except asyncio.CancelledError:
+            adapter.terminate(rec.conn)
+            self._core.pinged(rec, False, self._clock())
+            self._carry_out_pending()
+            raise
+        except Exception as exc:  # a timeout included: an unanswered ping means dead
+            ok = False
+            log.info("pool %r: an idle connection failed its keepalive ping: %s", self.name,
+                     adapter.redact(str(exc)))
+            with contextlib.suppress(Exception):
+                adapter.terminate(rec.conn)
+        core = self._core
+        core.pings += 1
+        if not ok:
+            core.ping_failures += 1
+        core.pinged(rec, ok, self._clock())
+        self._carry_out_pending()
 
     def _notify(self) -> None:
         if self._returned is not None:

@@ -77,16 +77,17 @@ class Waiter:
 class Plan:
     """What the shell must do once it has released its lock: the core's slow-path output."""
 
-    __slots__ = ("closes", "leaks", "opens", "wakes")
+    __slots__ = ("closes", "leaks", "opens", "pings", "wakes")
 
     def __init__(self) -> None:
         self.opens = 0
         self.closes: list[tuple[ConnRecord, str]] = []
         self.wakes: list[Waiter] = []
         self.leaks: list[ConnRecord] = []
+        self.pings: list[ConnRecord] = []  # idle connections to ping in the background
 
     def __bool__(self) -> bool:
-        return bool(self.opens or self.closes or self.wakes or self.leaks)
+        return bool(self.opens or self.closes or self.wakes or self.leaks or self.pings)
 
     def __repr__(self) -> str:
         return (

@@ -31,7 +31,7 @@ __all__ = ["PoolCore"]
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 1.0
 #: reasons to close a connection that cast doubt on the others opened before it
-SUSPICIOUS = frozenset({"broken", "ping_failed"})
+SUSPICIOUS = frozenset({"broken", "ping_failed", "keepalive_failed"})
 #: the housekeeper wakes at least this often (seconds), whatever the deadlines say
 MAX_SLEEP = 30.0
 
@@ -80,6 +80,7 @@ class PoolCore:
         self.max_lifetime = config.max_lifetime
         self.max_idle = config.max_idle
         self.leak_timeout = config.leak_timeout
+        self.keepalive = config.keepalive
 
     @property
     def size(self) -> int:
@@ -252,7 +253,7 @@ class PoolCore:
                 reason = "drained"
             elif now >= rec.expires:
                 reason = "expired"
-            elif rec.uses == self.max_uses:
+            elif self.max_uses and rec.uses >= self.max_uses:
                 reason = "max_uses"
             elif self.size >= self.max_size and not self.waiters:
                 reason = "overflow" if self.size < self.cap else "resized"
@@ -307,6 +308,7 @@ class PoolCore:
         """Retire expired and long-idle connections, find leaks, top up to min_size.
         Returns how long the housekeeper may sleep before the next deadline."""
         wake = now + MAX_SLEEP
+        ka = self.keepalive
         if self.idle:
             keep: deque[ConnRecord] = deque()
             surplus = self.size - self.min_size
@@ -322,9 +324,16 @@ class PoolCore:
                 ):
                     self.retire(rec, "idle")
                     surplus -= 1
+                elif ka is not None and now - rec.last_used >= ka:
+                    # borrowed by the housekeeper for a background ping (see pinged)
+                    rec.lent_at = now
+                    self.lent[rec.key] = rec
+                    self.plan.pings.append(rec)
                 else:
                     keep.append(rec)
                     wake = min(wake, rec.expires)
+                    if ka is not None:
+                        wake = min(wake, rec.last_used + ka)
                     # a connection kept only because of min_size has no idle deadline
                     if self.max_idle is not None and rec.last_used + self.max_idle > now:
                         wake = min(wake, rec.last_used + self.max_idle)
@@ -344,6 +353,18 @@ class PoolCore:
         if self._demand() > self.opening and now < self.retry_at:
             wake = min(wake, self.retry_at)
         return max(0.001, wake - now)
+
+    def pinged(self, rec: ConnRecord, ok: bool, now: float) -> None:
+        """The housekeeper's background ping of an idle connection is done."""
+        if self.lent.get(rec.key) is not rec:
+            return
+        del self.lent[rec.key]
+        if ok:
+            self.checkin(rec, now, None)
+        else:
+            self.retire(rec, "keepalive_failed")
+            self.suspect_idle()
+            self._grow(now)
 
     def resize(self, min_size: int | None, max_size: int | None, now: float) -> None:
         config = self.config.resized(min_size, max_size)

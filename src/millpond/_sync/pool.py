@@ -203,6 +203,7 @@ class Pool:
         reset: ResetPolicy = "rollback",
         configure: Callable[[Any], None] | None = None,
         leak_timeout: float | None = None,
+        keepalive: float | None = None,
         name: str | None = None,
         open: bool = True,
         workers: int = 2,
@@ -222,6 +223,7 @@ class Pool:
             reset=reset,
             configure=configure,
             leak_timeout=leak_timeout,
+            keepalive=keepalive,
             name=name,
             workers=workers,
         )
@@ -615,6 +617,8 @@ class Pool:
             if workers.stopped:
                 break
             workers.submit(self._open_one)
+        for rec in plan.pings:
+            workers.submit(functools.partial(self._keepalive_ping, rec))
         for rec, reason in plan.closes:
             if workers.stopped:
                 self._close_one(rec, reason)
@@ -661,6 +665,23 @@ class Pool:
             self._watch(rec, conn)
             self._changed.notify_all()
             plan = core.flush()
+        if plan:
+            self._carry_out(plan)
+
+    def _keepalive_ping(self, rec: ConnRecord) -> None:
+        try:
+            self._adapter.ping(rec.conn)
+            ok = True
+        except Exception as exc:
+            ok = False
+            log.info("pool %r: an idle connection failed its keepalive ping: %s", self.name,
+                     self._adapter.redact(str(exc)))
+        with self._lock:
+            self._core.pings += 1
+            if not ok:
+                self._core.ping_failures += 1
+            self._core.pinged(rec, ok, self._clock())
+            plan = self._core.flush()
         if plan:
             self._carry_out(plan)
 
