@@ -777,3 +777,13 @@ def test_keepalive_pings_idle_connections_in_the_background(
     wait_until(lambda: pool.stats().idle == 2, "replaced")
     with pool.connection() as c1, pool.connection() as c2:
         assert conns[0] not in (c1, c2)
+
+
+def test_full_reset_runs_configure_again(make_pool: Any) -> None:
+    pool = make_pool(
+        min_size=1, max_size=1, reset="full", configure=lambda c: c.session.update(tz="UTC")
+    )
+    with pool.connection() as conn:
+        conn.execute("SET role = admin")
+        assert conn.session == {"tz": "UTC", "role": "admin"}
+    assert conn.session == {"tz": "UTC"}  # the borrower's state gone, configure's back

@@ -517,6 +517,8 @@ class AsyncPool:
                     await adapter.full_reset(conn)
                 except NotImplementedError:
                     return "reset_by_reconnect"
+                # a pristine session has lost what configure= set up: set it up again
+                await self._setup(conn)
             else:
                 if status:
                     await adapter.rollback(conn)

@@ -600,6 +600,12 @@ class Pool:
                 adapter.full_reset(conn)
             except NotImplementedError:
                 return "reset_by_reconnect"
+            # a pristine session has lost what configure= set up: set it up again
+            configure = self._config.configure
+            if configure is not None:
+                configure(conn)
+                if adapter.status(conn):
+                    adapter.commit(conn)
         else:
             if status:
                 adapter.rollback(conn)
