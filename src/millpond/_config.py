@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -9,10 +10,13 @@ from typing import Any
 
 from millpond.errors import ConfigError
 
-__all__ = ["PoolConfig", "ResetPolicy", "check_timeout"]
+__all__ = ["SERVER_POOLERS", "PoolConfig", "ResetPolicy", "check_timeout", "server_pooler_reset"]
 
 ResetPolicy = str | Callable[[Any], None] | None
 _RESET_NAMES = ("rollback", "full")
+#: what may sit between the pool and the server; each name says which pooler and which mode,
+#: because what is safe differs (pgbouncer's session mode needs nothing special)
+SERVER_POOLERS = ("pgbouncer-transaction",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,9 @@ class PoolConfig:
     lifetime_jitter: float = 0.1
     #: background threads that open and close connections
     workers: int = 2
+    #: a server-side pooler between us and the database ("pgbouncer-transaction"): no
+    #: session-level reset statements, driver statement caches off
+    server_pooler: str | None = None
 
     def __post_init__(self) -> None:
         _int("min_size", self.min_size, 0)
@@ -70,6 +77,11 @@ class PoolConfig:
             )
         if self.configure is not None and not callable(self.configure):
             raise ConfigError(f"configure={self.configure!r} must be a callable taking the connection")
+        if self.server_pooler is not None and self.server_pooler not in SERVER_POOLERS:
+            raise ConfigError(
+                f"server_pooler={self.server_pooler!r} is not supported; use None or one of "
+                + ", ".join(repr(p) for p in SERVER_POOLERS)
+            )
         if self.name is not None and not isinstance(self.name, str):
             raise ConfigError(f"name={self.name!r} must be a string")
 
@@ -84,6 +96,36 @@ class PoolConfig:
             min_size=self.min_size if min_size is None else min_size,
             max_size=self.max_size if max_size is None else max_size,
         )
+
+
+def server_pooler_reset(config: PoolConfig, name: str, log: logging.Logger) -> ResetPolicy:
+    """The reset policy a pool really applies, and the warnings its server pooler calls for.
+
+    Behind pgbouncer in transaction mode each transaction may run on another server
+    connection: a ``DISCARD ALL`` after it would clean some other client's session (and drop
+    what pgbouncer itself prepared there), so reset="full" is a rollback; and what
+    ``configure`` sets outside a transaction stays on whichever server connection ran it.
+    """
+    if config.server_pooler is None:
+        return config.reset
+    if config.configure is not None:
+        log.warning(
+            "pool %r: configure= is set with server_pooler=%r: session state it sets (SET, "
+            "SET ROLE, temp tables, prepared statements) stays on one server connection and "
+            "will not follow this pool's transactions; set it per transaction (SET LOCAL) or "
+            "in the role's or database's defaults instead",
+            name,
+            config.server_pooler,
+        )
+    if config.reset == "full":
+        log.info(
+            "pool %r: reset='full' is a rollback under server_pooler=%r "
+            "(session-level reset statements would reach another client's session)",
+            name,
+            config.server_pooler,
+        )
+        return "rollback"
+    return config.reset
 
 
 def _int(option: str, value: object, low: int) -> None:

@@ -20,7 +20,7 @@ from queue import Empty, SimpleQueue
 from types import TracebackType
 from typing import Any
 
-from millpond._config import PoolConfig, ResetPolicy, check_timeout
+from millpond._config import PoolConfig, ResetPolicy, check_timeout, server_pooler_reset
 from millpond._core.messages import (
     borrower_stack,
     closed_error,
@@ -171,6 +171,7 @@ class AsyncPool:
         open: bool = False,
         workers: int = 2,
         clock: Callable[[], float] | None = None,
+        server_pooler: str | None = None,
     ) -> None:
         if open:
             raise ConfigError(
@@ -194,9 +195,11 @@ class AsyncPool:
             keepalive=keepalive,
             name=name,
             workers=workers,
+            server_pooler=server_pooler,
         )
-        self._adapter = _resolve(target, connect_kwargs)
+        self._adapter = _resolve(target, connect_kwargs, server_pooler)
         self.name: str = name if name is not None else f"async-pool-{next(_names)}"
+        reset = server_pooler_reset(config, self.name, log)
         self._config = config
         self._clock: Callable[[], float] = clock or time.monotonic
         self._core = PoolCore(config, self.name)
@@ -780,12 +783,16 @@ async def _housekeep_loop(ref: weakref.ref[AsyncPool], kick: asyncio.Event) -> N
             await _bounded(kick.wait(), delay)
 
 
-def _resolve(target: Any, connect_kwargs: Mapping[str, Any] | None) -> AsyncAdapter:
+def _resolve(
+    target: Any, connect_kwargs: Mapping[str, Any] | None, server_pooler: str | None = None
+) -> AsyncAdapter:
     if isinstance(target, AsyncAdapter):
         if connect_kwargs:
             raise ConfigError("connect_kwargs cannot be combined with a driver adapter instance")
         return target
     from millpond.drivers.async_url import resolve_async
 
-    adapter: AsyncAdapter = resolve_async(target, dict(connect_kwargs) if connect_kwargs else None)
+    adapter: AsyncAdapter = resolve_async(
+        target, dict(connect_kwargs) if connect_kwargs else None, server_pooler=server_pooler
+    )
     return adapter

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from millpond._config import PoolConfig, ResetPolicy, check_timeout
+from millpond._config import PoolConfig, ResetPolicy, check_timeout, server_pooler_reset
 from millpond._core.messages import (
     borrower_stack,
     closed_error,
@@ -208,6 +208,7 @@ class Pool:
         open: bool = True,
         workers: int = 2,
         clock: Callable[[], float] | None = None,
+        server_pooler: str | None = None,
     ) -> None:
         config = PoolConfig(
             min_size=min_size,
@@ -226,11 +227,13 @@ class Pool:
             keepalive=keepalive,
             name=name,
             workers=workers,
+            server_pooler=server_pooler,
         )
-        self._adapter = _resolve(target, connect_kwargs)
+        self._adapter = _resolve(target, connect_kwargs, server_pooler)
+        self.name: str = name if name is not None else f"pool-{next(_names)}"
+        reset = server_pooler_reset(config, self.name, log)
         if reset == "full" and not self._adapter.supports_full_reset:
             log.debug("pool %r: driver %s resets by reconnecting", name, self._adapter.name)
-        self.name: str = name if name is not None else f"pool-{next(_names)}"
         self._config = config
         self._clock: Callable[[], float] = clock or time.monotonic
         self._lock = threading.Lock()
@@ -812,14 +815,18 @@ class Pool:
         )
 
 
-def _resolve(target: Any, connect_kwargs: Mapping[str, Any] | None) -> SyncAdapter:
+def _resolve(
+    target: Any, connect_kwargs: Mapping[str, Any] | None, server_pooler: str | None = None
+) -> SyncAdapter:
     if isinstance(target, SyncAdapter):
         if connect_kwargs:
             raise ConfigError("connect_kwargs cannot be combined with a driver adapter instance")
         return target
     from millpond.drivers.url import resolve
 
-    adapter: SyncAdapter = resolve(target, dict(connect_kwargs) if connect_kwargs else None)
+    adapter: SyncAdapter = resolve(
+        target, dict(connect_kwargs) if connect_kwargs else None, server_pooler=server_pooler
+    )
     return adapter
 
 

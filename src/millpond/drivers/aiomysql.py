@@ -15,7 +15,7 @@ from typing import Any
 
 from millpond.drivers.async_base import AsyncAdapter
 from millpond.drivers.async_url import check_connect_kwargs
-from millpond.drivers.base import TxStatus, load_driver
+from millpond.drivers.base import ConnectParams, TxStatus, load_driver
 from millpond.drivers.pymysql import MYSQL_DISCONNECT_CODES
 
 __all__ = ["AiomysqlAdapter"]
@@ -52,12 +52,12 @@ class AiomysqlAdapter(AsyncAdapter):
         cls, kwargs: Mapping[str, Any], *, description: str, secrets: Iterable[str] = ()
     ) -> AiomysqlAdapter:
         aiomysql = load_driver("aiomysql", cls.extra)
-        params = dict(kwargs)
+        params = ConnectParams(kwargs, secrets)
         check_connect_kwargs(aiomysql.connect, params, "aiomysql")
         connect_async = aiomysql.connect
 
         async def connect() -> Any:
-            return await connect_async(**params)
+            return await params.acall(connect_async)
 
         return cls(connect, description=description, secrets=secrets, module=aiomysql)
 

@@ -31,6 +31,12 @@ class AsyncAdapter:
     supports_full_reset: bool = False
     disconnect_errors: tuple[type[BaseException], ...] = ()
 
+    @classmethod
+    def server_pooler_kwargs(cls, kind: str) -> dict[str, Any]:
+        """Connect arguments this driver needs behind the server-side pooler ``kind``
+        ("pgbouncer-transaction"); the user's own arguments win over them."""
+        return {}
+
     def __init__(
         self,
         connect: Callable[[], Awaitable[Any]],

@@ -92,13 +92,21 @@ _ADAPTERS: Mapping[str, tuple[str, str, str, str]] = {
 _AIOMYSQL_ALIASES = {"database": "db", "dbname": "db", "passwd": "password", "username": "user"}
 
 
-def resolve_async(target: object, connect_kwargs: Mapping[str, Any] | None = None) -> AsyncAdapter:
+def resolve_async(
+    target: object,
+    connect_kwargs: Mapping[str, Any] | None = None,
+    *,
+    server_pooler: str | None = None,
+) -> AsyncAdapter:
     """The adapter for ``target``: a URL, a zero-argument coroutine function (or any callable
     returning an awaitable connection), or an :class:`AsyncAdapter`, returned as is.
 
     ``connect_kwargs`` go to the driver's connect function and override what the URL says.
     The adapter's ``description`` is the target without its password; its ``secrets`` hold
-    every password it was given, for redacting messages.
+    every password it was given, for redacting messages. A password in ``connect_kwargs`` may
+    be a zero-argument callable (or coroutine function), called at each connect;
+    ``server_pooler`` adds what the driver needs behind that pooler unless the user said
+    otherwise (see ``resolve``).
     """
     kwargs = dict(connect_kwargs or {})
     if isinstance(target, AsyncAdapter):
@@ -106,7 +114,7 @@ def resolve_async(target: object, connect_kwargs: Mapping[str, Any] | None = Non
             raise ConfigError("connect_kwargs cannot be combined with a driver adapter instance")
         return target
     if isinstance(target, str):
-        return _from_url(target, kwargs)
+        return _from_url(target, kwargs, server_pooler)
     if isinstance(target, SyncAdapter) or (
         callable(getattr(target, "connect", None)) and hasattr(target, "paramstyle")
     ):
@@ -132,7 +140,7 @@ def _callable_name(target: Callable[..., Any]) -> str:
     return str(getattr(inner, "__qualname__", None) or type(inner).__name__)
 
 
-def _from_url(text: str, kwargs: dict[str, Any]) -> AsyncAdapter:
+def _from_url(text: str, kwargs: dict[str, Any], server_pooler: str | None = None) -> AsyncAdapter:
     scheme, sep, _rest = text.partition("://")
     scheme = scheme.lower()
     if not sep or not scheme:
@@ -163,10 +171,12 @@ def _from_url(text: str, kwargs: dict[str, Any]) -> AsyncAdapter:
     # urlsplit() takes no "_" in a scheme (psycopg_async), and needs none: parse the rest
     url = _parse("db://" + text.partition("://")[2], scheme)
     if driver == "asyncpg":
-        return _asyncpg(text, scheme, url, kwargs)
+        return _asyncpg(text, scheme, url, kwargs, server_pooler)
     if driver == "psycopg_async":
         params = _server_params(url, kwargs, "psycopg", database_key="dbname", aliases=_PG_ALIASES)
-        return _build(driver, params, _pg_description(scheme, params), _secrets(url, params))
+        return _build(
+            driver, params, _pg_description(scheme, params), _secrets(url, params), server_pooler
+        )
     if driver == "aiomysql":
         if len(url.hosts) > 1:
             raise ConfigError(f"{scheme}:// takes one host, got {len(url.hosts)}")
@@ -177,11 +187,13 @@ def _from_url(text: str, kwargs: dict[str, Any]) -> AsyncAdapter:
         description = _describe(
             scheme, params.get("user"), params.get("host"), params.get("port"), params.get("db")
         )
-        return _build(driver, params, description, _secrets(url, params))
+        return _build(driver, params, description, _secrets(url, params), server_pooler)
     return _aiosqlite(url, kwargs)
 
 
-def _asyncpg(text: str, scheme: str, url: _URL, kwargs: dict[str, Any]) -> AsyncAdapter:
+def _asyncpg(
+    text: str, scheme: str, url: _URL, kwargs: dict[str, Any], server_pooler: str | None = None
+) -> AsyncAdapter:
     # asyncpg parses DSNs itself (several hosts, unix sockets, and query parameters it does
     # not know become server settings such as application_name), which no keyword form can
     # express; so it gets the URL under a scheme it accepts, and connect_kwargs on top.
@@ -195,7 +207,7 @@ def _asyncpg(text: str, scheme: str, url: _URL, kwargs: dict[str, Any]) -> Async
         kwargs.get("database", url.database),
     )
     secrets = _secrets(url, {**url.params, **kwargs})
-    return _build("asyncpg", params, description, secrets)
+    return _build("asyncpg", params, description, secrets, server_pooler)
 
 
 def _ports(url: _URL) -> str | None:
@@ -246,7 +258,11 @@ def _aiosqlite(url: _URL, kwargs: dict[str, Any]) -> AsyncAdapter:
 
 
 def _build(
-    driver: str, params: Mapping[str, Any], description: str, secrets: tuple[str, ...]
+    driver: str,
+    params: Mapping[str, Any],
+    description: str,
+    secrets: tuple[str, ...],
+    server_pooler: str | None = None,
 ) -> AsyncAdapter:
     module_name, class_name, library, extra = _ADAPTERS[driver]
     if not _installed(library):
@@ -256,6 +272,8 @@ def _build(
         )
     adapter_module = importlib.import_module(f"millpond.drivers.{module_name}")
     adapter_class = getattr(adapter_module, class_name)
+    if server_pooler is not None:
+        params = {**adapter_class.server_pooler_kwargs(server_pooler), **params}
     adapter: AsyncAdapter = adapter_class.from_kwargs(
         params, description=description, secrets=secrets
     )

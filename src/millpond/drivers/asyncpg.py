@@ -17,7 +17,7 @@ from typing import Any
 
 from millpond.drivers.async_base import AsyncAdapter
 from millpond.drivers.async_url import check_connect_kwargs
-from millpond.drivers.base import TxStatus, load_driver
+from millpond.drivers.base import ConnectParams, TxStatus, load_driver
 from millpond.errors import ConfigError
 
 __all__ = ["AsyncpgAdapter"]
@@ -31,6 +31,12 @@ class AsyncpgAdapter(AsyncAdapter):
     name = "asyncpg"
     extra = "asyncpg"
     supports_full_reset = True
+
+    @classmethod
+    def server_pooler_kwargs(cls, kind: str) -> dict[str, Any]:
+        # pgbouncer in transaction mode hands each transaction to any server connection, where
+        # the statements asyncpg prepared and cached on another one do not exist
+        return {"statement_cache_size": 0}
 
     def __init__(
         self,
@@ -53,11 +59,14 @@ class AsyncpgAdapter(AsyncAdapter):
         cls, kwargs: Mapping[str, Any], *, description: str, secrets: Iterable[str] = ()
     ) -> AsyncpgAdapter:
         asyncpg = load_driver("asyncpg", cls.extra)
-        params = dict(kwargs)
+        params = ConnectParams(kwargs, secrets)
         check_connect_kwargs(asyncpg.connect, params, "asyncpg")
+        connect_async = asyncpg.connect
 
         async def connect() -> Any:
-            return await asyncpg.connect(**params)
+            # asyncpg would call a password callable itself; resolving it here instead keeps
+            # one behaviour for every driver, and scrubs the result from a connect error
+            return await params.acall(connect_async)
 
         return cls(connect, description=description, secrets=secrets, module=asyncpg)
 
@@ -133,13 +142,20 @@ class AsyncpgAdapter(AsyncAdapter):
 
         ``DISCARD ALL`` deallocates the statements asyncpg has prepared and cached, so its
         statement cache is dropped too (``reload_schema_state``); codecs registered with
-        ``set_type_codec`` are kept. asyncpg's ``reset()`` is used for what it does on the
-        client side (the listener callbacks); its server side (``RESET ALL``, ``UNLISTEN *``,
-        ...) is a subset of ``DISCARD ALL``, which it cannot replace: ``RESET ALL`` leaves
-        ``SET ROLE`` and temp tables in place.
+        ``set_type_codec`` are kept. asyncpg's ``reset()`` matters only for what it does on the
+        client side (forgetting listener callbacks); its server side (advisory unlock,
+        ``CLOSE ALL``, ``UNLISTEN *``, ``RESET ALL``) is a subset of ``DISCARD ALL`` that would
+        cost a round trip of its own, so where asyncpg's listener registries are where we
+        expect them they are cleared directly, and ``reset()`` runs only otherwise.
         """
         await self.rollback(conn)
-        await conn.reset()
+        listeners = getattr(conn, "_listeners", None)
+        log_listeners = getattr(conn, "_log_listeners", None)
+        if isinstance(listeners, dict) and isinstance(log_listeners, set):
+            listeners.clear()
+            log_listeners.clear()
+        else:
+            await conn.reset()
         await conn.execute("DISCARD ALL")
         await conn.reload_schema_state()
 

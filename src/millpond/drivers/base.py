@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import enum
 import importlib
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from millpond.errors import ConfigError
+from millpond.errors import ConfigError, PoolError
 
-__all__ = ["SyncAdapter", "TxStatus", "load_driver", "redact"]
+__all__ = [
+    "ConnectParams",
+    "SyncAdapter",
+    "TxStatus",
+    "is_secret_key",
+    "load_driver",
+    "redact",
+    "scrub_error",
+]
 
 
 class TxStatus(enum.IntEnum):
@@ -34,6 +43,105 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+def is_secret_key(key: str) -> bool:
+    """password, passwd, sslpassword, ssl_key_password, password1..3 (MySQL MFA)."""
+    return "password" in key or key == "passwd"
+
+
+def scrub_error(exc: BaseException, secrets: Iterable[str]) -> BaseException:
+    """``exc`` with ``secrets`` redacted from its args and those of its whole cause/context
+    chain. If its text still shows a secret (it did not come from args), a PoolError with the
+    redacted text and no chain stands in for it: the caller raises what this returns."""
+    found = tuple(s for s in secrets if s)
+    if not found:
+        return exc
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.args = tuple(redact(a, found) if isinstance(a, str) else a for a in link.args)
+        link = link.__cause__ or link.__context__
+    text = str(exc)
+    if any(s in text for s in found):
+        return PoolError(f"{type(exc).__name__}: {redact(text, found)}")
+    return exc
+
+
+class ConnectParams(dict[str, Any]):
+    """A driver's ``connect()`` keyword arguments, where a password may be a zero-argument
+    callable (an async one too, for AsyncPool) returning the current secret.
+
+    Rotating credentials (cloud IAM tokens, vault leases) must not live in a string the pool
+    keeps: the callable is called at every connect, its result goes into the arguments of that
+    one call only. A failed connect's error is scrubbed, along its whole cause/context chain,
+    of that result and of the adapter's own ``secrets`` (drivers echo DSNs, and the pool's
+    redaction reaches only the top error's args). Without a callable the call costs what
+    ``connect(**params)`` did.
+    """
+
+    def __init__(
+        self, kwargs: Mapping[str, Any] | None = None, secrets: Iterable[str] = ()
+    ) -> None:
+        super().__init__(kwargs or {})
+        self.secrets = tuple(s for s in secrets if s)
+
+    def _live(self) -> list[str]:
+        return [k for k, v in self.items() if callable(v) and is_secret_key(k)]
+
+    def call(self, connect: Callable[..., Any]) -> Any:
+        live = self._live()
+        kwargs: dict[str, Any] = self
+        if live:
+            kwargs = dict(self)
+            for key in live:
+                kwargs[key] = _check_secret(key, self[key]())
+        try:
+            return connect(**kwargs)
+        except Exception as exc:
+            clean = scrub_error(exc, self.secrets + _texts(kwargs, live))
+            if clean is exc:
+                raise
+            raise clean from None
+
+    async def acall(self, connect: Callable[..., Any]) -> Any:
+        live = self._live()
+        kwargs: dict[str, Any] = self
+        if live:
+            kwargs = dict(self)
+            for key in live:
+                value = self[key]()
+                if inspect.isawaitable(value):
+                    value = await value
+                kwargs[key] = _check_secret(key, value)
+        try:
+            return await connect(**kwargs)
+        except Exception as exc:
+            clean = scrub_error(exc, self.secrets + _texts(kwargs, live))
+            if clean is exc:
+                raise
+            raise clean from None
+
+
+def _check_secret(key: str, value: object) -> object:
+    if not isinstance(value, (str, bytes)):
+        # the type only: the value may be a secret of the wrong type
+        raise ConfigError(
+            f"connect_kwargs[{key!r}] is a callable that returned {type(value).__name__}; "
+            "it must return the secret as a str (or bytes)"
+        )
+    return value
+
+
+def _texts(kwargs: Mapping[str, Any], keys: Iterable[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for key in keys:
+        value = kwargs[key]
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        if isinstance(text, str) and text:
+            out.append(text)
+    return tuple(out)
 
 
 def load_driver(module_name: str, extra: str | None) -> Any:
@@ -69,6 +177,12 @@ class SyncAdapter:
     supports_full_reset: bool = False
     #: exception classes that mean "the connection is gone" (refined per driver)
     disconnect_errors: tuple[type[BaseException], ...] = ()
+
+    @classmethod
+    def server_pooler_kwargs(cls, kind: str) -> dict[str, Any]:
+        """Connect arguments this driver needs behind the server-side pooler ``kind``
+        ("pgbouncer-transaction"); the user's own arguments win over them."""
+        return {}
 
     def __init__(
         self,

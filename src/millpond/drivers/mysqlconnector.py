@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from millpond.drivers.base import SyncAdapter, TxStatus, load_driver
+from millpond.drivers.base import ConnectParams, SyncAdapter, TxStatus, load_driver
 from millpond.drivers.pymysql import MYSQL_DISCONNECT_CODES
 from millpond.errors import ConfigError
 
@@ -40,7 +40,7 @@ class MySQLConnectorAdapter(SyncAdapter):
         cls, kwargs: Mapping[str, Any], *, description: str, secrets: Iterable[str] = ()
     ) -> MySQLConnectorAdapter:
         mysql_connector = load_driver("mysql.connector", cls.extra)
-        params = dict(kwargs)
+        params = ConnectParams(kwargs, secrets)
         pool_options = sorted(k for k in params if k.startswith("pool_"))
         if pool_options:
             raise ConfigError(
@@ -50,7 +50,7 @@ class MySQLConnectorAdapter(SyncAdapter):
             )
 
         def connect() -> Any:
-            return mysql_connector.connect(**params)
+            return params.call(mysql_connector.connect)
 
         return cls(connect, description=description, secrets=secrets, module=mysql_connector)
 

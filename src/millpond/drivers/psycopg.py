@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from millpond.drivers.base import SyncAdapter, TxStatus, load_driver
+from millpond.drivers.base import ConnectParams, SyncAdapter, TxStatus, load_driver
 
 __all__ = ["PsycopgAdapter"]
 
@@ -30,14 +30,20 @@ class PsycopgAdapter(SyncAdapter):
     supports_full_reset = True
 
     @classmethod
+    def server_pooler_kwargs(cls, kind: str) -> dict[str, Any]:
+        # pgbouncer in transaction mode hands each transaction to any server connection, where
+        # the statements psycopg prepared on another one do not exist
+        return {"prepare_threshold": None}
+
+    @classmethod
     def from_kwargs(
         cls, kwargs: Mapping[str, Any], *, description: str, secrets: Iterable[str] = ()
     ) -> PsycopgAdapter:
         psycopg = load_driver("psycopg", cls.extra)
-        params = dict(kwargs)
+        params = ConnectParams(kwargs, secrets)
 
         def connect() -> Any:
-            return psycopg.connect(**params)
+            return params.call(psycopg.connect)
 
         return cls(connect, description=description, secrets=secrets, module=psycopg)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from millpond.drivers.base import SyncAdapter, TxStatus, load_driver
+from millpond.drivers.base import ConnectParams, SyncAdapter, TxStatus, load_driver
 
 __all__ = ["Psycopg2Adapter"]
 
@@ -32,10 +32,10 @@ class Psycopg2Adapter(SyncAdapter):
         cls, kwargs: Mapping[str, Any], *, description: str, secrets: Iterable[str] = ()
     ) -> Psycopg2Adapter:
         psycopg2 = load_driver("psycopg2", cls.extra)
-        params = dict(kwargs)
+        params = ConnectParams(kwargs, secrets)
 
         def connect() -> Any:
-            return psycopg2.connect(**params)
+            return params.call(psycopg2.connect)
 
         return cls(connect, description=description, secrets=secrets, module=psycopg2)
 

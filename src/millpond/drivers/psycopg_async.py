@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from millpond.drivers.async_base import AsyncAdapter
-from millpond.drivers.base import TxStatus, load_driver
+from millpond.drivers.base import ConnectParams, TxStatus, load_driver
 
 __all__ = ["PsycopgAsyncAdapter"]
 
@@ -37,6 +37,12 @@ class PsycopgAsyncAdapter(AsyncAdapter):
     extra = "psycopg"
     supports_full_reset = True
 
+    @classmethod
+    def server_pooler_kwargs(cls, kind: str) -> dict[str, Any]:
+        # pgbouncer in transaction mode hands each transaction to any server connection, where
+        # the statements psycopg prepared on another one do not exist
+        return {"prepare_threshold": None}
+
     def __init__(
         self,
         connect: Callable[[], Awaitable[Any]],
@@ -54,11 +60,11 @@ class PsycopgAsyncAdapter(AsyncAdapter):
         cls, kwargs: Mapping[str, Any], *, description: str, secrets: Iterable[str] = ()
     ) -> PsycopgAsyncAdapter:
         psycopg = load_driver("psycopg", cls.extra)
-        params = dict(kwargs)
+        params = ConnectParams(kwargs, secrets)
         connect_async = psycopg.AsyncConnection.connect
 
         async def connect() -> Any:
-            return await connect_async(**params)
+            return await params.acall(connect_async)
 
         return cls(connect, description=description, secrets=secrets, module=psycopg)
 

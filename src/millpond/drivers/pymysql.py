@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from millpond.drivers.base import SyncAdapter, TxStatus, load_driver
+from millpond.drivers.base import ConnectParams, SyncAdapter, TxStatus, load_driver
 
 __all__ = ["MYSQL_DISCONNECT_CODES", "PyMySQLAdapter"]
 
@@ -87,10 +87,10 @@ class PyMySQLAdapter(SyncAdapter):
     ) -> PyMySQLAdapter:
         pymysql = load_driver("pymysql", cls.extra)
         factory = _pymysql_connection_class(pymysql)
-        params = dict(kwargs)
+        params = ConnectParams(kwargs, secrets)
 
         def connect() -> Any:
-            return factory(**params)
+            return params.call(factory)
 
         return cls(connect, description=description, secrets=secrets, module=pymysql)
 

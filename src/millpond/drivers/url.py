@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from millpond.drivers.base import SyncAdapter
+from millpond.drivers.base import ConnectParams, SyncAdapter, is_secret_key
 from millpond.errors import ConfigError
 
 __all__ = ["ASYNC_SCHEMES", "SCHEMES", "resolve"]
@@ -114,18 +114,26 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 
-def resolve(target: object, connect_kwargs: Mapping[str, Any] | None = None) -> SyncAdapter:
+def resolve(
+    target: object,
+    connect_kwargs: Mapping[str, Any] | None = None,
+    *,
+    server_pooler: str | None = None,
+) -> SyncAdapter:
     """The adapter for ``target``: a URL, a DB-API 2.0 module or a zero-argument callable.
 
-    ``connect_kwargs`` are passed to the driver's ``connect()`` and override what the URL says.
-    Every adapter's ``description`` is the target without its password, and its ``secrets``
-    hold every password it was given, for redacting messages.
+    ``connect_kwargs`` are passed to the driver's ``connect()`` and override what the URL says;
+    a password among them may be a zero-argument callable, called at each connect.
+    ``server_pooler`` adds what the driver needs behind that pooler (see
+    ``SyncAdapter.server_pooler_kwargs``) where the user did not say otherwise; a callable
+    target is the user's to configure. Every adapter's ``description`` is the target without
+    its password, and its ``secrets`` hold every password it was given, for redacting messages.
     """
     kwargs = dict(connect_kwargs or {})
     if isinstance(target, str):
-        return _from_url(target, kwargs)
+        return _from_url(target, kwargs, server_pooler)
     if callable(getattr(target, "connect", None)) and hasattr(target, "paramstyle"):
-        return _from_module(target, kwargs)
+        return _from_module(target, kwargs, server_pooler)
     if callable(target):
         if kwargs:
             raise ConfigError(
@@ -154,7 +162,7 @@ class _URL:
     raw_password: str | None = None  # as written, percent-encoded: it can leak in that form too
 
 
-def _from_url(text: str, kwargs: dict[str, Any]) -> SyncAdapter:
+def _from_url(text: str, kwargs: dict[str, Any], server_pooler: str | None = None) -> SyncAdapter:
     scheme, sep, _rest = text.partition("://")
     scheme = scheme.lower()
     if not sep or not scheme:
@@ -196,7 +204,7 @@ def _from_url(text: str, kwargs: dict[str, Any]) -> SyncAdapter:
         params.get("port"),
         params.get("dbname", params.get("database")),
     )
-    return _build(driver, params, description, _secrets(url, params))
+    return _build(driver, params, description, _secrets(url, params), server_pooler)
 
 
 def _parse(text: str, scheme: str) -> _URL:
@@ -325,7 +333,9 @@ def _sqlite(url: _URL, kwargs: dict[str, Any]) -> SyncAdapter:
 # -- DB-API modules --------------------------------------------------------------------------
 
 
-def _from_module(module: Any, kwargs: dict[str, Any]) -> SyncAdapter:
+def _from_module(
+    module: Any, kwargs: dict[str, Any], server_pooler: str | None = None
+) -> SyncAdapter:
     name = str(getattr(module, "__name__", type(module).__name__))
     description = _describe(
         name,
@@ -339,10 +349,12 @@ def _from_module(module: Any, kwargs: dict[str, Any]) -> SyncAdapter:
     if driver is not None:
         # a driver we know gets its own adapter: sqlite3 in particular needs the
         # thread and weak-reference settings that a plain module.connect() lacks
-        return _build(driver, kwargs, description, secrets)
+        return _build(driver, kwargs, description, secrets, server_pooler)
+
+    params = ConnectParams(kwargs, secrets)
 
     def connect() -> Any:
-        return module.connect(**kwargs)
+        return params.call(module.connect)
 
     return SyncAdapter(connect, description=description, secrets=secrets, module=module)
 
@@ -351,11 +363,17 @@ def _from_module(module: Any, kwargs: dict[str, Any]) -> SyncAdapter:
 
 
 def _build(
-    driver: str, params: Mapping[str, Any], description: str, secrets: Iterable[str]
+    driver: str,
+    params: Mapping[str, Any],
+    description: str,
+    secrets: Iterable[str],
+    server_pooler: str | None = None,
 ) -> SyncAdapter:
     module_name, class_name, _library = _ADAPTERS[driver]
     adapter_module = importlib.import_module(f"millpond.drivers.{module_name}")
     adapter_class = getattr(adapter_module, class_name)
+    if server_pooler is not None:
+        params = {**adapter_class.server_pooler_kwargs(server_pooler), **params}
     adapter: SyncAdapter = adapter_class.from_kwargs(
         params, description=description, secrets=secrets
     )
@@ -393,8 +411,8 @@ def _secrets(url: _URL | None, params: Mapping[str, Any]) -> tuple[str, ...]:
     if url is not None:
         found += [s for s in (url.password, url.raw_password) if s]
     for key, value in params.items():
-        # password, passwd, sslpassword, ssl_key_password, password1..3 (MySQL MFA)
-        if isinstance(value, str) and value and ("password" in key or key == "passwd"):
+        # a callable password is not a string we keep: ConnectParams scrubs what it returns
+        if isinstance(value, str) and value and is_secret_key(key):
             found.append(value)
     return tuple(dict.fromkeys(found))
 
