@@ -225,3 +225,19 @@ async def test_garbage_collected_connection_gives_its_slot_back() -> None:
 async def test_open_true_is_refused() -> None:
     with pytest.raises(millpond.ConfigError, match="open"):
         millpond.AsyncPool(AsyncFakeDriver(), open=True)
+
+
+async def test_a_ping_that_never_answers_is_bounded_by_the_deadline() -> None:
+    driver = AsyncFakeDriver()
+    pool = millpond.AsyncPool(driver, min_size=1, max_size=1, ping_window=0, timeout=0.2)
+    await pool.open(wait=True, timeout=5)
+    hung = driver.connections[0]
+    driver.gates["ping"] = asyncio.Event()  # never set: a blackholed connection
+    with pytest.raises(millpond.PoolTimeout):
+        await pool.getconn()
+    assert hung in driver.terminated
+    del driver.gates["ping"]
+    await settle(pool, idle=1)
+    whole(pool, 1)
+    assert pool.stats().closed_by_reason["ping_failed"] == 1
+    await pool.close()

@@ -369,7 +369,9 @@ class AsyncPool:
             assert rec is not None
             conn = rec.conn
             now = clock()
-            if now - rec.last_used >= core.ping_window and not await self._ping(rec, conn, now):
+            if now - rec.last_used >= core.ping_window and not await self._ping(
+                rec, conn, now, deadline
+            ):
                 if time.monotonic() >= deadline:
                     core.timeouts += 1
                     raise timeout_error(core, budget, clock())
@@ -418,25 +420,29 @@ class AsyncPool:
         else:
             waiter.fut.set_exception(timeout_error(core, budget, self._clock()))
 
-    async def _ping(self, rec: ConnRecord, conn: Any, now: float) -> bool:
+    async def _ping(self, rec: ConnRecord, conn: Any, now: float, deadline: float) -> bool:
+        """Validate a connection within what is left of the caller's deadline (a ping that
+        does not answer in time counts as dead). On failure discard it."""
         core = self._core
         adapter = self._adapter
         try:
-            await adapter.ping(conn)
+            await _bounded(adapter.ping(conn), min(max(deadline - time.monotonic(), 0.0), PING_TIMEOUT))
         except asyncio.CancelledError:
             # the connection may be mid-protocol: drop it, give the slot back, propagate
             adapter.terminate(conn)
             core.discard(rec, "cancelled", self._clock())
             self._carry_out_pending()
             raise
-        except Exception as exc:
+        except Exception as exc:  # a timeout included
             log.info(
                 "pool %r: discarding a connection that failed its ping: %s",
                 self.name,
-                adapter.redact(str(exc)),
+                adapter.redact(str(exc)) or type(exc).__name__,
             )
             core.pings += 1
             core.ping_failures += 1
+            with contextlib.suppress(Exception):
+                adapter.terminate(conn)  # it may be mid-protocol after a timeout
             core.discard(rec, "ping_failed", now)
             self._carry_out_pending()
             return False
