@@ -18,8 +18,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from queue import Empty, SimpleQueue
 from typing import Any
@@ -64,7 +66,9 @@ def check_pool_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     if options is None:
         return {}
     if not isinstance(options, Mapping):
-        raise ConfigError(f"pool_options must be a mapping of millpond.Pool options, got {options!r}")
+        raise ConfigError(
+            f"pool_options must be a mapping of millpond.Pool options, got {options!r}"
+        )
     bad = sorted(str(k) for k in options if k not in POOL_OPTIONS)
     if bad:
         raise ConfigError(
@@ -251,7 +255,9 @@ class Reclaimer:
             return
         with self._start_lock:
             if self._thread is None:
-                t = threading.Thread(target=self._run, name="millpond-compat-reclaimer", daemon=True)
+                t = threading.Thread(
+                    target=self._run, name="millpond-compat-reclaimer", daemon=True
+                )
                 t.start()
                 self._thread = t
 
@@ -261,10 +267,13 @@ class Reclaimer:
     def flush(self) -> None:
         """Run the queued returns now, on this thread, and wait for one in progress. Call it
         holding no pool lock."""
-        while True:
+        if self._thread is None:
+            self.start()  # after a fork: the parent's thread does not exist here
+        queue = self._queue
+        while not queue.empty():  # the common case costs this one check
             try:
-                task = self._queue.get_nowait()
-            except Empty:
+                task = queue.get_nowait()
+            except Empty:  # the thread took it meanwhile
                 break
             self._do(task)
         with self._busy:
@@ -278,8 +287,44 @@ class Reclaimer:
                 log.exception("millpond compat: giving back a dropped connection failed")
 
     def _run(self) -> None:
+        queue = self._queue
         while True:
-            self._do(self._queue.get())
+            self._do(queue.get())
+
+    def _after_fork_in_child(self) -> None:
+        # returns the parent queued are the parent's to make: keep them unrun, and alive
+        inherited.append(self._queue)
+        self._queue = SimpleQueue()
+        self._busy = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._thread = None
 
 
 reclaimer = Reclaimer()
+
+
+# -- fork ---------------------------------------------------------------------------------------
+
+#: what a child process inherited from its parent's compat pools (lent connections, queued
+#: returns): kept referenced for good, because a driver's finalizer would otherwise say goodbye
+#: to the server on the parent's socket. The engine does the same with its own connections.
+inherited: list[Any] = []
+
+_forkable: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def on_fork(pool: Any) -> None:
+    """Have ``pool._after_fork_in_child()`` run in a forked child: the engine pool forgets
+    the parent's connections there, so the layer must forget what it lent too (and renew its
+    locks, which another thread may have held at the fork)."""
+    _forkable.add(pool)
+
+
+def _after_fork_in_child() -> None:
+    reclaimer._after_fork_in_child()
+    for pool in list(_forkable):
+        pool._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

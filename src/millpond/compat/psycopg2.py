@@ -32,7 +32,15 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import millpond
-from millpond.compat import CONNECT_BUDGET, borrow, check_pool_options, open_pool, watch_connects
+from millpond.compat import (
+    CONNECT_BUDGET,
+    borrow,
+    check_pool_options,
+    inherited,
+    on_fork,
+    open_pool,
+    watch_connects,
+)
 from millpond.drivers.url import resolve
 from millpond.errors import PoolClosed, PoolTimeout, TooManyWaiters
 
@@ -104,6 +112,7 @@ class AbstractConnectionPool:
             options=options,
             reset="rollback",
         )
+        on_fork(self)
 
     # -- psycopg2's protected API, which its subclasses (and some applications) call ------------
 
@@ -191,6 +200,14 @@ class AbstractConnectionPool:
                 self._discard(conn)
             self.millpond_pool.close()
             self.closed = True
+
+    def _after_fork_in_child(self) -> None:
+        # the engine pool starts afresh in a child: what the parent lent is not lent here
+        self._lock = threading.Lock()
+        inherited.append(self._used)
+        self._used = {}
+        self._rused = {}
+        self._reserved = 0
 
     # -- millpond extensions ----------------------------------------------------------------
 
