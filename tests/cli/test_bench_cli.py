@@ -1,180 +1,588 @@
-"""``millpond bench`` on a scratch SQLite file: results, output forms and one-line errors."""
+"""``millpond bench`` end to end, as a user runs it: a subprocess per command.
+
+Runs are kept small (a request budget, pool sizes of 1 to 4) so that the servers see a few
+connections at a time and the whole file stays well under a minute.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from millpond.cli import bench, main
+from millpond.cli import bench, bench_plot
+from millpond.cli.bench_sql import ROWS, TABLE
+
+MILLPOND = shutil.which("millpond", path=str(Path(sys.executable).parent))
 
 
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test runs in its own directory: the default database is created in the cwd."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+def run_bench(
+    *args: str, cwd: Path, hide: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``millpond bench ARGS`` in ``cwd``. ``hide`` makes an installed module look absent, as
+    on a machine without it (the command then runs through ``python -c``)."""
+    if hide is not None:
+        code = (
+            f"import sys; sys.modules[{hide!r}] = None; from millpond.cli import main; "
+            f"sys.exit(main(['bench', *{list(args)!r}]))"
+        )
+        cmd = [sys.executable, "-c", code]
+    else:
+        cmd = [sys.executable, "-m", "millpond", "bench", *args]
+    env = {**os.environ, "COLUMNS": "120"}
+    env.pop("MILLPOND_DEBUG", None)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
-    code = main(["bench", *args, "--json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    report: dict[str, Any] = json.loads(out)
+def bench_json(*args: str, cwd: Path) -> dict[str, Any]:
+    proc = run_bench(*args, "--json", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no progress display when stderr is not a terminal
+    report: dict[str, Any] = json.loads(proc.stdout)
     return report
 
 
-def assert_clean(mode: dict[str, Any]) -> None:
-    assert mode["requests"] > 0
-    assert mode["ok"] == mode["requests"]
-    assert mode["errors"] == 0
-    assert mode["first_error"] is None
-    assert mode["throughput_rps"] > 0
-    assert all(v is not None and v >= 0 for v in mode["latency_ms"].values())
-    assert all(v is not None and v >= 0 for v in mode["wait_ms"].values())
+def one_line_error(proc: subprocess.CompletedProcess[str], code: int) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("millpond bench: error: ")
+    return proc.stderr
 
 
-def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    out, err = capsys.readouterr()
-    assert out == ""
-    assert "Traceback" not in err
-    assert err.count("\n") == 1, err
-    return err
+def runs_of(report: dict[str, Any], mode: str) -> list[dict[str, Any]]:
+    return [r for r in report["runs"] if r["mode"] == mode]
 
 
-# -- results -------------------------------------------------------------------------------------
+def assert_clean(run: dict[str, Any]) -> None:
+    assert run["requests"] > 0
+    assert run["ok"] == run["requests"] and run["errors"] == 0, run["first_error"]
+    assert run["first_error"] is None
+    assert run["throughput_rps"] > 0
+    assert all(v is not None and v >= 0 for v in run["latency_ms"].values())
+    assert all(v is not None and v >= 0 for v in run["wait_ms"].values())
+    assert run["interrupted"] is False
 
 
-def test_default_sqlite_file_both_modes(capsys: pytest.CaptureFixture[str], in_tmp: Path) -> None:
-    report = run_json(capsys, "--duration", "0.3", "--concurrency", "3")
-    assert set(report["modes"]) == {"no_pool", "pool"}
-    for mode in report["modes"].values():
-        assert_clean(mode)
-    assert report["interrupted"] is False
-    assert report["driver"] == "sqlite3"
-    assert report["concurrency"] == report["pool_size"] == 3
-    # the pool opened its size once; without it every request opened one
-    assert report["modes"]["pool"]["connections_opened"] == 3
-    no_pool = report["modes"]["no_pool"]
-    assert no_pool["connections_opened"] == no_pool["requests"]
-    assert report["speedup"] > 0
-    db = in_tmp / bench.DEFAULT_DB_FILE
-    assert db.exists()
-    with sqlite3.connect(db) as conn:
-        assert conn.execute(f"SELECT COUNT(*) FROM {bench.TABLE}").fetchone() == (bench.ROWS,)
+def assert_pools_opened_their_size(report: dict[str, Any]) -> None:
+    for run in report["runs"]:
+        if run["pool_size"] is None:
+            # no pool: every request opened its own connection
+            assert run["connections_opened"] == run["requests"]
+        else:
+            # warm pools opened their size once and never more
+            assert run["connections_opened"] == run["pool_size"], run
 
 
-def test_requests_read_and_write(capsys: pytest.CaptureFixture[str], in_tmp: Path) -> None:
-    report = run_json(capsys, "--requests", "120", "--workload", "read", "--pool-size", "2")
-    assert report["pool_size"] == 2 and report["workload"] == "read"
-    for mode in report["modes"].values():
-        assert_clean(mode)
-        assert mode["requests"] == 120  # an exact budget, shared by the threads
-
-    report = run_json(capsys, "--requests", "50", "--workload", "write", "--concurrency", "2")
-    for mode in report["modes"].values():
-        assert_clean(mode)
-    with sqlite3.connect(in_tmp / bench.DEFAULT_DB_FILE) as conn:
-        (total,) = conn.execute(f"SELECT SUM(value) FROM {bench.TABLE}").fetchone()
-    # every write committed, each adding 1 to a row's value (initially its id): 50 per mode
-    # and the one trial run that checks the query before the threads start
-    assert total == bench.ROWS * (bench.ROWS + 1) // 2 + 2 * 50 + 1
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
 
 
-def test_custom_sql_and_explicit_url(capsys: pytest.CaptureFixture[str], in_tmp: Path) -> None:
-    url = f"sqlite:///{in_tmp / 'other.db'}"
-    report = run_json(capsys, url, "--requests", "40", "--sql", "SELECT 2 + 2")
-    assert report["custom_sql"] is True and report["sql"] == "SELECT 2 + 2"
-    assert str(in_tmp / "other.db") in report["target"]
-    for mode in report["modes"].values():
-        assert_clean(mode)
-    assert not (in_tmp / bench.DEFAULT_DB_FILE).exists()
+def with_scheme(url: str, scheme: str) -> str:
+    return f"{scheme}://{url.partition('://')[2]}"
 
 
-@pytest.mark.parametrize("rich", [True, False], ids=["rich", "plain"])
-def test_table_output(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                      rich: bool) -> None:
-    if rich:
-        pytest.importorskip("rich")
-    else:
-        monkeypatch.setitem(sys.modules, "rich", None)  # as if the `cli` extra were absent
-    assert main(["bench", "--requests", "30", "--concurrency", "2"]) == 0
-    out, err = capsys.readouterr()
-    assert err == ""  # no progress display when stderr is not a terminal
-    assert "no pool" in out and "millpond Pool" in out
-    assert "req/s" in out and "wait p99" in out
-    assert "the throughput of a connection per request" in out
+# -- SQLite: the default target ------------------------------------------------------------------
 
 
-def test_ctrl_c_prints_partial_results(capsys: pytest.CaptureFixture[str],
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    def interrupted(*args: Any, **kwargs: Any) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(bench, "run_pool", interrupted)
-    code = main(["bench", "--requests", "30", "--json"])
-    out, _ = capsys.readouterr()
-    assert code == 130
-    report = json.loads(out)
-    assert report["interrupted"] is True
-    assert list(report["modes"]) == ["no_pool"]
-    assert_clean(report["modes"]["no_pool"])
-
-
-def test_python_m_millpond(in_tmp: Path) -> None:
+def test_default_run_with_no_arguments(tmp_path: Path) -> None:
+    """The README's first command: no server, no option, a table and advice in ~10 s."""
+    assert MILLPOND is not None, "the millpond console script is not installed"
+    started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "millpond", "bench", "--duration", "1", "--json"],
-        cwd=in_tmp, capture_output=True, text=True, timeout=60,
+        [MILLPOND, "bench"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert took < 20, f"the default run took {took:.1f} s"
+    out = proc.stdout
+    for text in (
+        "sqlite3",
+        "no pool",
+        "millpond Pool",
+        "req/s",
+        "p95",
+        "wait",
+        "conns",
+        "the throughput of a new connection per request",
+        "Advice: a pool of",
+        "SQLite has no server",
+    ):
+        assert text in out, text
+    with sqlite3.connect(tmp_path / bench.DEFAULT_DB_FILE) as conn:
+        assert conn.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone() == (ROWS,)
+
+
+def test_sweep_json_and_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "bench.png"
+    report = bench_json(
+        "--pool-size",
+        "1,2,4",
+        "--concurrency",
+        "4",
+        "--requests",
+        "300",
+        "--modes",
+        "nopool,millpond,sqlalchemy",
+        "--plot",
+        str(plot),
+        cwd=tmp_path,
+    )
+    assert report["pool_sizes"] == [1, 2, 4] and report["concurrency"] == 4
+    assert report["driver"] == "sqlite3" and report["asyncio"] is False
+    assert [m["mode"] for m in report["modes"]] == ["nopool", "millpond", "sqlalchemy"]
+    assert [(r["mode"], r["pool_size"]) for r in report["runs"]] == [
+        ("nopool", None),
+        ("millpond", 1), ("millpond", 2), ("millpond", 4),
+        ("sqlalchemy", 1), ("sqlalchemy", 2), ("sqlalchemy", 4),
+    ]  # fmt: skip
+    for run in report["runs"]:
+        assert_clean(run)
+        assert run["requests"] == 300  # an exact budget, shared by the workers
+    assert_pools_opened_their_size(report)
+    advice = report["advice"]
+    assert advice["mode"] == "millpond" and advice["pool_size"] in (1, 2, 4)
+    best = max(r["throughput_rps"] for r in runs_of(report, "millpond"))
+    assert advice["best_throughput_rps"] == best
+    assert advice["throughput_rps"] >= 0.95 * best
+    # the advice is the smallest such size
+    assert all(
+        r["throughput_rps"] < 0.95 * best
+        for r in runs_of(report, "millpond")
+        if r["pool_size"] < advice["pool_size"]
+    )
+    assert report["speedup"]["throughput_ratio"] > 0
+    assert report["plot"] == str(plot)
+    width, height = png_size(plot)
+    assert (width, height) == (
+        bench_plot.FIGSIZE[0] * bench_plot.DPI,
+        bench_plot.FIGSIZE[1] * bench_plot.DPI,
+    )
+
+
+def test_write_workload_commits_and_custom_sql(tmp_path: Path) -> None:
+    report = bench_json(
+        "--workload",
+        "write",
+        "--requests",
+        "50",
+        "--pool-size",
+        "2",
+        "--concurrency",
+        "2",
+        "--modes",
+        "nopool,millpond",
+        cwd=tmp_path,
+    )
+    for run in report["runs"]:
+        assert_clean(run)
+    with sqlite3.connect(tmp_path / bench.DEFAULT_DB_FILE) as conn:
+        (total,) = conn.execute(f"SELECT SUM(value) FROM {TABLE}").fetchone()
+    # every write committed, each adding 1 to a row's value (initially its id): 50 per run,
+    # and the trial run that checks the query before the workers start
+    assert total == ROWS * (ROWS + 1) // 2 + 2 * 50 + 1
+
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    report = bench_json(
+        url, "--requests", "40", "--sql", "SELECT 2 + 2", "--pool-size", "1", cwd=tmp_path
+    )
+    assert report["custom_sql"] is True and report["sql"] == "SELECT 2 + 2"
+    assert str(tmp_path / "other.db") in report["target"]
+    for run in report["runs"]:
+        assert_clean(run)
+
+
+def test_think_time_paces_the_workers(tmp_path: Path) -> None:
+    report = bench_json(
+        "--think-time",
+        "0.05",
+        "--duration",
+        "0.6",
+        "--concurrency",
+        "2",
+        "--pool-size",
+        "2",
+        "--modes",
+        "millpond",
+        cwd=tmp_path,
+    )
+    (run,) = report["runs"]
+    assert_clean(run)
+    assert report["think_time_s"] == 0.05
+    # two workers, each resting 50 ms between requests: at most ~40 requests a second
+    assert run["throughput_rps"] < 45
+    assert 10 <= run["requests"] <= 30
+
+
+def test_missing_peer_is_listed_as_skipped(tmp_path: Path) -> None:
+    proc = run_bench(
+        "--requests",
+        "20",
+        "--pool-size",
+        "1",
+        "--concurrency",
+        "1",
+        cwd=tmp_path,
+        hide="sqlalchemy",
     )
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
-    assert set(report["modes"]) == {"no_pool", "pool"}
-    for mode in report["modes"].values():
-        assert_clean(mode)
+    assert (
+        "skipped SQLAlchemy QueuePool: not installed: pip install 'millpond[peers]'" in proc.stdout
+    )
+    assert "millpond Pool" in proc.stdout
 
 
-# -- errors --------------------------------------------------------------------------------------
+def test_plain_table_without_rich(tmp_path: Path) -> None:
+    """Without the `cli` extra the same table comes out as plain text."""
+    proc = run_bench(
+        "--requests",
+        "50",
+        "--pool-size",
+        "1,2",
+        "--concurrency",
+        "2",
+        "--modes",
+        "nopool,millpond",
+        cwd=tmp_path,
+        hide="rich",
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("mode"))
+    assert header.split() == [
+        "mode",
+        "size",
+        "req/s",
+        "p50",
+        "p95",
+        "p99",
+        "wait",
+        "p50",
+        "wait",
+        "p99",
+        "errors",
+        "conns",
+    ]
+    assert any(line.startswith("no pool") for line in lines)
+    assert any(line.startswith("millpond Pool") for line in lines)
+    assert any(line.startswith("Advice: a pool of") for line in lines)
 
 
-def test_bad_url_scheme(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "nosuchdb://host/db"]) == 2
-    err = one_line_error(capsys)
-    assert err.startswith("millpond bench: error: ")
-    assert "nosuchdb" in err
+def test_async_sqlite(tmp_path: Path) -> None:
+    pytest.importorskip("aiosqlite")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'async.db'}"
+    report = bench_json(
+        url,
+        "--workload",
+        "read",
+        "--pool-size",
+        "1,2",
+        "--concurrency",
+        "3",
+        "--requests",
+        "60",
+        cwd=tmp_path,
+    )
+    assert report["asyncio"] is True and report["driver"] == "aiosqlite"
+    assert [m["label"] for m in report["modes"]] == ["no pool", "millpond AsyncPool"]
+    for run in report["runs"]:
+        assert_clean(run)
+    assert_pools_opened_their_size(report)
 
 
-def test_asyncio_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "postgresql+asyncpg://u@127.0.0.1/db"]) == 2
-    assert "AsyncPool" in one_line_error(capsys)
+# -- PostgreSQL and MariaDB ----------------------------------------------------------------------
 
 
-def test_missing_driver(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-                        ) -> None:
-    monkeypatch.setitem(sys.modules, "pymysql", None)  # as if PyMySQL were not installed
-    assert main(["bench", "mysql://root@127.0.0.1/test"]) == 2
-    assert "not installed" in one_line_error(capsys)
-
-
-def test_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.postgres
+def test_postgresql_against_the_peers(tmp_path: Path, pg_url: str) -> None:
     pytest.importorskip("psycopg")
+    report = bench_json(
+        pg_url,
+        "--workload",
+        "read",
+        "--pool-size",
+        "1,2",
+        "--concurrency",
+        "2",
+        "--requests",
+        "80",
+        "--processes",
+        "4",
+        cwd=tmp_path,
+    )
+    assert report["database"] == "postgresql" and report["driver"] == "psycopg"
+    ran = [m["mode"] for m in report["modes"]]
+    assert ran[:2] == ["nopool", "millpond"]
+    for peer in ("sqlalchemy", "dbutils", "psycopg_pool"):
+        assert peer in ran or any(s["mode"] == peer for s in report["skipped"])
+    skipped = {s["mode"]: s["reason"] for s in report["skipped"]}
+    assert "postgresql+psycopg2://" in skipped["psycopg2"]
+    assert "postgresql+asyncpg://" in skipped["asyncpg"]
+    for run in report["runs"]:
+        assert_clean(run)
+    assert_pools_opened_their_size(report)
+    assert report["server"]["max_connections"] > 0
+    advice = report["advice"]
+    assert advice["processes"] == 4
+    assert advice["connections_needed"] == 4 * advice["pool_size"]
+    assert "4 processes" in advice["text"] and "max_connections" in advice["text"]
+
+
+@pytest.mark.postgres
+def test_postgresql_psycopg2_pool_does_not_wait(tmp_path: Path, pg_url: str) -> None:
+    pytest.importorskip("psycopg2")
+    url = with_scheme(pg_url, "postgresql+psycopg2")
+    # each request holds its connection 5 ms, so three threads on one connection overlap
+    report = bench_json(
+        url,
+        "--modes",
+        "millpond,psycopg2",
+        "--sql",
+        "SELECT pg_sleep(0.005)",
+        "--pool-size",
+        "1",
+        "--concurrency",
+        "3",
+        "--requests",
+        "30",
+        cwd=tmp_path,
+    )
+    millpond_run, psycopg2_run = report["runs"]
+    assert_clean(millpond_run)  # millpond queues the callers
+    assert psycopg2_run["errors"] > 0  # psycopg2.pool refuses them
+    assert "exhausted" in psycopg2_run["first_error"]
+
+
+@pytest.mark.mysql
+def test_mariadb_against_the_peers(tmp_path: Path, mysql_url: str) -> None:
+    pytest.importorskip("pymysql")
+    report = bench_json(
+        mysql_url,
+        "--workload",
+        "read",
+        "--pool-size",
+        "1,2",
+        "--concurrency",
+        "2",
+        "--requests",
+        "80",
+        cwd=tmp_path,
+    )
+    assert report["database"] == "mysql" and report["driver"] == "pymysql"
+    for run in report["runs"]:
+        assert_clean(run)
+    assert_pools_opened_their_size(report)
+    skipped = {s["mode"]: s["reason"] for s in report["skipped"]}
+    assert "mysql+mysqlconnector://" in skipped["mysqlconnector"]
+    assert report["server"]["max_connections"] > 0
+
+
+@pytest.mark.mysql
+def test_mariadb_mysql_connector_pool_write(tmp_path: Path, mysql_url: str) -> None:
+    pytest.importorskip("mysql.connector")
+    url = with_scheme(mysql_url, "mysql+mysqlconnector")
+    report = bench_json(
+        url,
+        "--modes",
+        "millpond,mysqlconnector",
+        "--workload",
+        "write",
+        "--pool-size",
+        "2",
+        "--concurrency",
+        "2",
+        "--requests",
+        "40",
+        cwd=tmp_path,
+    )
+    assert [r["mode"] for r in report["runs"]] == ["millpond", "mysqlconnector"]
+    for run in report["runs"]:
+        assert_clean(run)
+    assert_pools_opened_their_size(report)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("scheme", "peer"),
+    [("postgresql+asyncpg", "asyncpg"), ("postgresql+psycopg_async", "psycopg_pool")],
+)
+def test_postgresql_asyncio(tmp_path: Path, pg_url: str, scheme: str, peer: str) -> None:
+    pytest.importorskip(peer)
+    report = bench_json(
+        with_scheme(pg_url, scheme),
+        "--pool-size",
+        "1,2",
+        "--concurrency",
+        "3",
+        "--requests",
+        "80",
+        cwd=tmp_path,
+    )
+    assert report["asyncio"] is True
+    assert [m["mode"] for m in report["modes"]] == ["nopool", "millpond", peer]
+    assert report["modes"][1]["label"] == "millpond AsyncPool"
+    for run in report["runs"]:
+        assert_clean(run)
+    assert_pools_opened_their_size(report)
+
+
+@pytest.mark.mysql
+def test_mariadb_asyncio(tmp_path: Path, mysql_url: str) -> None:
+    pytest.importorskip("aiomysql")
+    report = bench_json(
+        with_scheme(mysql_url, "mysql+aiomysql"),
+        "--workload",
+        "write",
+        "--pool-size",
+        "2",
+        "--concurrency",
+        "3",
+        "--requests",
+        "60",
+        cwd=tmp_path,
+    )
+    assert [m["mode"] for m in report["modes"]] == ["nopool", "millpond", "aiomysql"]
+    for run in report["runs"]:
+        assert_clean(run)
+
+
+# -- bad input: one line, the right exit status, never a traceback -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "hide", "code", "expected"),
+    [
+        (["--sql", "SELEKT 1"], None, 2, "the query failed"),
+        (["nosuchdb://host/db"], None, 2, "unsupported URL scheme 'nosuchdb'"),
+        (["mysql://root@127.0.0.1/test"], "pymysql", 2, "pip install 'millpond[pymysql]'"),
+        (
+            ["mysql+aiomysql://root@127.0.0.1/test"],
+            "aiomysql",
+            2,
+            "pip install 'millpond[aiomysql]'",
+        ),
+        (["--plot", "out.png"], "matplotlib", 2, "pip install 'millpond[plot]'"),
+        (["--duration", "0"], None, 2, "--duration"),
+        (["--pool-size", "1,x"], None, 2, "--pool-size"),
+        (["--modes", "nosuch"], None, 2, "unknown mode 'nosuch'"),
+        (["--modes", "asyncpg"], None, 2, "asyncpg pool cannot run here"),
+        (["--plot", "out.jpg"], None, 2, ".png"),
+    ],
+    ids=[
+        "failing-sql",
+        "bad-scheme",
+        "missing-driver",
+        "missing-async-driver",
+        "missing-matplotlib",
+        "bad-duration",
+        "bad-size",
+        "unknown-mode",
+        "inapplicable-mode",
+        "bad-plot-name",
+    ],
+)
+def test_bad_input(
+    tmp_path: Path, args: list[str], hide: str | None, code: int, expected: str
+) -> None:
+    err = one_line_error(run_bench(*args, cwd=tmp_path, hide=hide), code)
+    assert expected in err
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+asyncpg"])
+def test_unreachable_server(tmp_path: Path, scheme: str) -> None:
+    pytest.importorskip("psycopg" if scheme == "postgresql" else "asyncpg")
     # port 1: nothing listens there, so the connect is refused at once
-    assert main(["bench", "postgresql://app:s3cret@127.0.0.1:1/test", "--duration", "1"]) == 1
-    err = one_line_error(capsys)
-    assert "cannot connect" in err
+    err = one_line_error(run_bench(f"{scheme}://app:s3cret@127.0.0.1:1/test", cwd=tmp_path), 1)
+    assert "cannot connect to" in err
     assert "s3cret" not in err
 
 
-def test_bad_sql(capsys: pytest.CaptureFixture[str], in_tmp: Path) -> None:
-    assert main(["bench", "--sql", "SELEKT 1", "--duration", "1"]) == 2
-    err = one_line_error(capsys)
-    assert "the query failed" in err and "SELEKT" in err
+# -- Ctrl-C, with the live progress bar on a terminal --------------------------------------------
 
 
-def test_bad_option(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--duration", "0"]) == 2
-    assert "--duration" in one_line_error(capsys)
+def interrupt_on_a_terminal(tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    """Run with stderr on a pseudo-terminal (so the progress bar shows), press Ctrl-C once
+    the first run is under way; return (exit status, stdout, what the terminal showed)."""
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import select
+    import signal
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "millpond", "bench", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        text=True,
+    )
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + 30
+    sent = False
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            if not sent and b"requests" in screen:
+                time.sleep(0.5)  # let the run measure something
+                proc.send_signal(signal.SIGINT)
+                sent = True
+            if sent and proc.poll() is not None and not ready:
+                break
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert sent, f"the progress bar never showed: {screen[-500:]!r}"
+    return proc.returncode, out, screen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("url", ["", "sqlite+aiosqlite:///async.db"], ids=["threads", "asyncio"])
+def test_ctrl_c_prints_partial_results(tmp_path: Path, url: str) -> None:
+    if url:
+        pytest.importorskip("aiosqlite")
+    args = [url] if url else []
+    code, out, screen = interrupt_on_a_terminal(tmp_path, *args, "--duration", "20", "--json")
+    assert code == 130
+    assert "run 1 of" in screen  # the live progress bar
+    assert "Traceback" not in screen
+    assert "millpond bench: interrupted: partial results" in screen
+    report = json.loads(out)
+    assert report["interrupted"] is True
+    first = report["runs"][0]
+    assert first["mode"] == "nopool" and first["interrupted"] is True
+    assert first["ok"] > 0 and first["elapsed_s"] < 20
+
+
+def test_ctrl_c_table(tmp_path: Path) -> None:
+    code, out, screen = interrupt_on_a_terminal(tmp_path, "--duration", "20")
+    assert code == 130
+    assert "no pool" in out and "* interrupted: partial results" in out
+    assert "partial results above" in screen

@@ -7,6 +7,8 @@ Subcommands live in their own modules and use millpond's public API only. rich, 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from typing import NoReturn
 
@@ -42,7 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
-    code: int = handler(args)
+    try:
+        code: int = handler(args)
+    except KeyboardInterrupt:  # a command that did not handle Ctrl-C itself: no traceback
+        sys.stderr.write(f"{parser.prog}: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`millpond bench | head`): say nothing more, and keep Python
+        # from reporting the same broken pipe again when it flushes stdout at exit
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141
     return code
 
 
