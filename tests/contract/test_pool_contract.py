@@ -787,3 +787,11 @@ def test_full_reset_runs_configure_again(make_pool: Any) -> None:
         conn.execute("SET role = admin")
         assert conn.session == {"tz": "UTC", "role": "admin"}
     assert conn.session == {"tz": "UTC"}  # the borrower's state gone, configure's back
+
+
+def test_leaks_are_reported_without_waiting_for_other_deadlines(make_pool: Any) -> None:
+    """Real clock: the housekeeper must wake for a connection lent after its last pass."""
+    pool = make_pool(min_size=1, max_size=1, leak_timeout=0.2, clock=None)
+    conn = pool.getconn()
+    wait_until(lambda: pool.stats().leaks == 1, "leak reported", limit=3.0)
+    pool.putconn(conn)

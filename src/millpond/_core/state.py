@@ -340,6 +340,9 @@ class PoolCore:
             self.idle = keep
         lt = self.leak_timeout
         if lt is not None:
+            # a connection lent after this pass is due at now + lt at the earliest: waking
+            # every lt/4 reports every leak within 1.25 × leak_timeout
+            wake = min(wake, now + lt / 4)
             for rec in self.lent.values():
                 if rec.leak_reported:
                     continue
