@@ -101,29 +101,19 @@ class FakeConnection:
         return f"<FakeConnection #{self.number}{' closed' if self.closed else ''}>"
 
 
-class FakeDriver(SyncAdapter):
-    """A driver adapter over :class:`FakeConnection` with switches for failures.
+class _FakeSwitches:
+    """What the sync and async fake drivers share: their connections and failure switches."""
 
-    ``fail_connect``: an exception (or callable making one) every connect raises while set.
-    ``fail_ping``: connections whose ``number`` is in this set fail their ping.
-    ``on_connect``: called before each connect (tests use it to block or count).
-    """
-
-    name = "fake"
-    supports_full_reset = True
-    disconnect_errors = (FakeDisconnect,)
-
-    def __init__(self, password: str | None = None) -> None:
+    def _init_switches(self) -> None:
         self._numbers = itertools.count(1)
-        super().__init__(self._new, description="fake://db", secrets=(password or "",))
+        self._lock = threading.Lock()
         self.connections: list[FakeConnection] = []
         self.fail_connect: BaseException | None = None
         self.fail_ping: set[int] = set()
         self.fail_reset: set[int] = set()
         self.on_connect: Callable[[], None] | None = None
-        self._lock = threading.Lock()
 
-    def _new(self) -> FakeConnection:
+    def _make(self) -> FakeConnection:
         if self.on_connect is not None:
             self.on_connect()
         if self.fail_connect is not None:
@@ -137,12 +127,6 @@ class FakeDriver(SyncAdapter):
     def open_connections(self) -> list[FakeConnection]:
         return [c for c in self.connections if not c.closed]
 
-    def ping(self, conn: Any) -> None:
-        conn.pings += 1
-        conn._alive()
-        if conn.number in self.fail_ping:
-            raise FakeDisconnect("ping failed")
-
     def status(self, conn: Any) -> TxStatus:
         if conn.closed or conn.broken:
             return TxStatus.BROKEN
@@ -152,6 +136,32 @@ class FakeDriver(SyncAdapter):
 
     def is_closed(self, conn: Any) -> bool:
         return bool(conn.closed or conn.broken)
+
+    def get_autocommit(self, conn: Any) -> bool | None:
+        return bool(conn.autocommit)
+
+
+class FakeDriver(_FakeSwitches, SyncAdapter):
+    """A driver adapter over :class:`FakeConnection` with switches for failures.
+
+    ``fail_connect``: an exception every connect raises while set.
+    ``fail_ping`` / ``fail_reset``: connections whose ``number`` is in the set fail that step.
+    ``on_connect``: called before each connect (tests use it to block or count).
+    """
+
+    name = "fake"
+    supports_full_reset = True
+    disconnect_errors = (FakeDisconnect,)
+
+    def __init__(self, password: str | None = None) -> None:
+        self._init_switches()
+        super().__init__(self._make, description="fake://db", secrets=(password or "",))
+
+    def ping(self, conn: Any) -> None:
+        conn.pings += 1
+        conn._alive()
+        if conn.number in self.fail_ping:
+            raise FakeDisconnect("ping failed")
 
     def full_reset(self, conn: Any) -> None:
         conn._alive()
@@ -169,14 +179,11 @@ class FakeDriver(SyncAdapter):
     def begin(self, conn: Any) -> None:
         conn.execute("BEGIN")
 
-    def get_autocommit(self, conn: Any) -> bool | None:
-        return bool(conn.autocommit)
-
     def set_autocommit(self, conn: Any, value: bool) -> None:
         conn.autocommit = value
 
 
-class AsyncFakeDriver(AsyncAdapter):
+class AsyncFakeDriver(_FakeSwitches, AsyncAdapter):
     """The async twin of :class:`FakeDriver`, over the same :class:`FakeConnection`.
 
     ``gates``: name -> ``asyncio.Event``; an operation of that name ("connect", "ping",
@@ -189,13 +196,8 @@ class AsyncFakeDriver(AsyncAdapter):
     disconnect_errors = (FakeDisconnect,)
 
     def __init__(self, password: str | None = None) -> None:
-        self._numbers = itertools.count(1)
+        self._init_switches()
         super().__init__(self._new, description="fake+async://db", secrets=(password or "",))
-        self.connections: list[FakeConnection] = []
-        self.fail_connect: BaseException | None = None
-        self.fail_ping: set[int] = set()
-        self.fail_reset: set[int] = set()
-        self.on_connect: Callable[[], None] | None = None
         self.gates: dict[str, asyncio.Event] = {}
         self.entered: dict[str, asyncio.Event] = {}
         self.terminated: list[FakeConnection] = []
@@ -208,17 +210,7 @@ class AsyncFakeDriver(AsyncAdapter):
 
     async def _new(self) -> FakeConnection:
         await self._gate("connect")
-        if self.on_connect is not None:
-            self.on_connect()
-        if self.fail_connect is not None:
-            raise self.fail_connect
-        conn = FakeConnection(next(self._numbers))
-        self.connections.append(conn)
-        return conn
-
-    @property
-    def open_connections(self) -> list[FakeConnection]:
-        return [c for c in self.connections if not c.closed]
+        return self._make()
 
     async def close(self, conn: Any) -> None:
         await self._gate("close")
@@ -228,22 +220,12 @@ class AsyncFakeDriver(AsyncAdapter):
         self.terminated.append(conn)
         conn.close()
 
-    def is_closed(self, conn: Any) -> bool:
-        return bool(conn.closed or conn.broken)
-
     async def ping(self, conn: Any) -> None:
         await self._gate("ping")
         conn.pings += 1
         conn._alive()
         if conn.number in self.fail_ping:
             raise FakeDisconnect("ping failed")
-
-    def status(self, conn: Any) -> TxStatus:
-        if conn.closed or conn.broken:
-            return TxStatus.BROKEN
-        if conn.aborted:
-            return TxStatus.INERROR
-        return TxStatus.INTRANS if conn.in_transaction else TxStatus.IDLE
 
     async def rollback(self, conn: Any) -> None:
         await self._gate("rollback")
@@ -259,9 +241,6 @@ class AsyncFakeDriver(AsyncAdapter):
         conn.rollback()
         conn.session.clear()
         conn.full_resets += 1
-
-    def get_autocommit(self, conn: Any) -> bool | None:
-        return bool(conn.autocommit)
 
     async def set_autocommit(self, conn: Any, value: bool) -> None:
         conn.autocommit = value
