@@ -2,8 +2,9 @@
 
     python benchmarks/run_all.py [--quick] [--output docs/benchmarks.md]
 
-Takes about 65 s (``--quick``: about 20 s, fewer rounds, shorter runs: for a smoke test, not
-for numbers to quote). Everything is measured side by side in this one process and run, so the
+Takes about 100 s, of which the asyncio section (``async_bench.py``) about 40 s
+(``--quick``: about 30 s, fewer rounds, shorter runs: for a smoke test, not for numbers to
+quote). Everything is measured side by side in this one process and run, so the
 ratios hold even on a noisy machine where the absolute numbers drift.
 """
 
@@ -19,6 +20,7 @@ import time
 from typing import Any
 
 import _common as c
+import async_bench
 import contention
 import overhead
 import select1
@@ -148,10 +150,11 @@ def _ceiling_note(ct: dict[str, Any]) -> str:
 
 
 def document(ov: dict[str, Any], s1: dict[str, Any], cts: list[dict[str, Any]],
-             took: float, quick: bool) -> str:
+             took: float, quick: bool, ab: dict[str, Any] | None = None) -> str:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     peers = ", ".join(f"{d} {_version(d)}" for d in (
-        "psycopg", "psycopg-pool", "SQLAlchemy", "DBUtils", "psycopg2-binary", "PyMySQL"))
+        "psycopg", "psycopg-pool", "SQLAlchemy", "DBUtils", "psycopg2-binary", "PyMySQL",
+        "asyncpg", "aiomysql"))
     judged_ct = cts[0]
     lines = [
         "# millpond benchmarks",
@@ -172,7 +175,8 @@ def document(ov: dict[str, Any], s1: dict[str, Any], cts: list[dict[str, Any]],
         "",
         "## Goals",
         "",
-        c.table(["goal", "result"], goals(ov, s1, judged_ct)),
+        c.table(["goal", "result"],
+                goals(ov, s1, judged_ct) + (async_bench.goals(ab) if ab else [])),
         "",
         "## 1. Overhead: checkout + return, no query",
         "",
@@ -244,11 +248,13 @@ def document(ov: dict[str, Any], s1: dict[str, Any], cts: list[dict[str, Any]],
             lines += [note, ""]
     if judged_ct.get("adapter_note"):
         lines += [f"millpond: {judged_ct['adapter_note']}.", ""]
+    if ab:
+        lines += ["## 4. asyncio: AsyncPool and the asyncio pools", "", *async_bench.describe(ab)]
     lines += [
         "## Not covered here",
         "",
         "- mysql-connector's pool (cannot wait; resets the session with a round trip on every "
-        "return) and asyncpg's pool (asyncio; belongs with an AsyncPool benchmark).",
+        "return).",
         "",
     ]
     return "\n".join(lines)
@@ -273,8 +279,10 @@ def main() -> None:
     for work in ("select1", "sleep"):
         step(f"contention ({work})")
         cts.append(contention.run(seconds=0.7 if q else 3.0, work=work))
+    step("asyncio")
+    ab = async_bench.run(quick=q)
     took = time.monotonic() - t0
-    text = document(ov, s1, cts, took, q)
+    text = document(ov, s1, cts, took, q, ab)
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
     with open(a.output, "w", encoding="utf-8") as f:
         f.write(text)

@@ -131,15 +131,20 @@ class _AsyncTransaction:
         self._conn = self._token = None
         pool = self._pool
         adapter = pool._adapter
+        if isinstance(ev, _CUT_OFF):
+            # the block was cancelled or timed out, maybe mid-query: a ROLLBACK could wait on
+            # a connection that will never answer; putconn drops the connection instead
+            await pool.putconn(conn, False, ev)
+            return
         try:
             if ev is None:
                 await adapter.commit(conn, token)
             else:
-                await adapter.rollback_transaction(conn, token)
+                await _bounded(adapter.rollback_transaction(conn, token), RESET_TIMEOUT)
         except BaseException as exc:
             await pool.putconn(conn, False, exc)
-            if ev is None:
-                raise
+            if ev is None or not isinstance(exc, Exception):
+                raise  # a commit failure, or a cancellation arriving during the rollback
             return  # the block's own exception is the one the caller needs to see
         await pool.putconn(conn, False, ev)
 
