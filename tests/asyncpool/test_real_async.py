@@ -176,16 +176,25 @@ class Database:
                 import psycopg
 
                 self._admin = psycopg.connect(
-                    host=self.host, port=self.port, user=self.user,
-                    password=self.password or None, dbname=self.database, autocommit=True,
-                    connect_timeout=5, application_name=f"{self.tag}_admin",
+                    host=self.host,
+                    port=self.port,
+                    user=self.user,
+                    password=self.password or None,
+                    dbname=self.database,
+                    autocommit=True,
+                    connect_timeout=5,
+                    application_name=f"{self.tag}_admin",
                 )
             elif kind == "mysql":
                 import pymysql
 
                 self._admin = pymysql.connect(
-                    host=self.host, port=self.port or 3306, user=self.user,
-                    password=self.password, database=self.database, autocommit=True,
+                    host=self.host,
+                    port=self.port or 3306,
+                    user=self.user,
+                    password=self.password,
+                    database=self.database,
+                    autocommit=True,
                     connect_timeout=5,
                 )
             else:
@@ -385,9 +394,7 @@ async def make_pool(db: Database) -> AsyncIterator[MakePool]:
     unless ``wait=False``; every one is closed after the test."""
     pools: list[millpond.AsyncPool] = []
 
-    async def make(
-        *, target: Any = None, wait: bool = True, **options: Any
-    ) -> millpond.AsyncPool:
+    async def make(*, target: Any = None, wait: bool = True, **options: Any) -> millpond.AsyncPool:
         options.setdefault("timeout", 10.0)
         pool = millpond.AsyncPool(db.url() if target is None else target, **options)
         pools.append(pool)
@@ -403,6 +410,7 @@ async def make_pool(db: Database) -> AsyncIterator[MakePool]:
 async def settle(pool: millpond.AsyncPool, size: int, limit: float = 10.0) -> None:
     """Wait for background connects, closes and shielded resets to finish, with ``size``
     connections idle."""
+
     def done() -> bool:
         s = pool.stats()
         return (s.idle, s.in_use, s.opening, s.waiting) == (size, 0, 0, 0)
@@ -502,9 +510,7 @@ async def test_transaction_commits_on_success_and_rolls_back_on_error(
     if db.driver is ASYNCPG and not autocommit:
         pytest.skip("asyncpg has no autocommit=False mode")
     table = db.make_table()
-    pool = await make_pool(
-        min_size=1, max_size=1, connect_kwargs=db.autocommit_kwargs(autocommit)
-    )
+    pool = await make_pool(min_size=1, max_size=1, connect_kwargs=db.autocommit_kwargs(autocommit))
 
     async with pool.transaction() as conn:
         await db.rows(conn, f"INSERT INTO {table} VALUES (1)")
@@ -657,17 +663,7 @@ async def test_a_connection_cut_off_mid_query_is_replaced_not_reused(
         pytest.param(
             ASYNCPG,
             id="asyncpg",
-            marks=(
-                pytest.mark.postgres,
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="AsyncPool/asyncpg adapter bug: terminate() right after the "
-                    "cancellation aborts the cancel request asyncpg had just started "
-                    "(Connection.terminate cancels its pending _cancellations), so the "
-                    "statement runs on to its end on the server, session and locks included, "
-                    "while the pool opens a replacement (max_size + 1 sessions)",
-                ),
-            ),
+            marks=(pytest.mark.postgres,),
         ),
         pytest.param(PSYCOPG, id="psycopg", marks=(pytest.mark.postgres,)),
         pytest.param(AIOMYSQL, id="aiomysql", marks=(pytest.mark.mysql,)),
@@ -930,7 +926,10 @@ async def test_cancellation_storm(db: Database, make_pool: MakePool) -> None:
     probe = Probe()
     probe.on_ping, probe.after_reset = on_ping, next_in_line
     pool = await make_pool(
-        target=probe.adapter(db), min_size=STORM_POOL, max_size=STORM_POOL, ping_window=0.0,
+        target=probe.adapter(db),
+        min_size=STORM_POOL,
+        max_size=STORM_POOL,
+        ping_window=0.0,
         timeout=30.0,
     )
     loop = asyncio.get_running_loop()
@@ -1031,8 +1030,13 @@ async def test_cancellation_storm(db: Database, make_pool: MakePool) -> None:
     assert 0.25 <= gone <= 0.45, (outcome, why)
 
     # the cancellations really landed at each await point
-    for how, phase in [("cancel", "queued"), ("cancel", "ping"), ("cancel", "query"),
-                       ("wait_for", "queued"), ("wait_for", "query")]:
+    for how, phase in [
+        ("cancel", "queued"),
+        ("cancel", "ping"),
+        ("cancel", "query"),
+        ("wait_for", "queued"),
+        ("wait_for", "query"),
+    ]:
         assert log.landed[how, phase] > 0, (how, phase, log.landed, why)
     assert log.handoffs > 0, why
     if db.driver.resets_after_select:

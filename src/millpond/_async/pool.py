@@ -479,9 +479,11 @@ class AsyncPool:
             self._adapter.terminate(conn)
         elif isinstance(_error, _CUT_OFF):
             # a query cut off by a cancellation or timeout can leave the connection
-            # mid-protocol (an unread reply): drop it rather than trust a rollback
-            reason = "cancelled"
-            self._adapter.terminate(conn)
+            # mid-protocol (an unread reply): drop it rather than trust a rollback. The slot
+            # stays counted (and claimed) until the driver has let go of it.
+            rec.resetting = True
+            self._spawn(self._abandon(rec, conn))
+            return
         else:
             status = self._status(conn)
             ac = rec.autocommit
@@ -498,6 +500,16 @@ class AsyncPool:
                 await asyncio.shield(task)
                 return
         self._checkin(rec, conn, reason)
+
+    async def _abandon(self, rec: ConnRecord, conn: Any) -> None:
+        adapter = self._adapter
+        try:
+            await _bounded(adapter.abandon(conn), CLOSE_TIMEOUT)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                adapter.terminate(conn)
+        rec.resetting = False
+        self._checkin(rec, conn, "cancelled")
 
     async def _reset_then_checkin(self, rec: ConnRecord, conn: Any, status: TxStatus) -> None:
         reason: str | None = None

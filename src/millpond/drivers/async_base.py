@@ -79,6 +79,14 @@ class AsyncAdapter:
         if callable(transport):
             transport()
 
+    async def abandon(self, conn: Any) -> None:
+        """Drop a connection whose query was cut off by a cancellation or timeout. The pool
+        keeps its slot counted until this returns (bounded), so the server never holds more
+        sessions than the pool's size. Default: terminate at once; a driver that has started
+        cancelling the query server-side (asyncpg) lets that finish first, so the statement
+        does not run on with its locks."""
+        self.terminate(conn)
+
     def is_closed(self, conn: Any) -> bool:
         closed = getattr(conn, "closed", False)
         if callable(closed):

@@ -12,6 +12,7 @@ for both, which costs nothing, since both mean "roll back".
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -25,6 +26,10 @@ __all__ = ["AsyncpgAdapter"]
 # SQLSTATEs outside class 08 after which the server has ended the session: admin shutdown
 # (pg_terminate_backend), crash shutdown, and "cannot connect now" (starting up / recovering)
 _DISCONNECT_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+#: how long an abandoned connection may wait for asyncpg's own query cancellation
+ABANDON_WAIT = 2.0
 
 
 class AsyncpgAdapter(AsyncAdapter):
@@ -78,6 +83,14 @@ class AsyncpgAdapter(AsyncAdapter):
 
     def terminate(self, conn: Any) -> None:
         conn.terminate()  # aborts the transport: no message, no wait
+
+    async def abandon(self, conn: Any) -> None:
+        # asyncpg answers a cancelled query by sending a cancel request on a side connection;
+        # terminate() would abort that request and leave the statement running server-side
+        pending = [t for t in getattr(conn, "_cancellations", ()) if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=ABANDON_WAIT)
+        conn.terminate()
 
     def is_closed(self, conn: Any) -> bool:
         return bool(conn.is_closed())
