@@ -80,7 +80,12 @@ class _AsyncWaiter(Waiter):
 
 
 class _AsyncBorrowed:
-    """``async with pool.connection() as conn``."""
+    """``async with pool.connection() as conn``.
+
+    The common case (an idle, recently used connection out; one back with no transaction
+    open) runs here without awaiting another coroutine; keep it in step with
+    ``AsyncPool.getconn``/``putconn``.
+    """
 
     __slots__ = ("_conn", "_pool", "_timeout")
 
@@ -90,7 +95,26 @@ class _AsyncBorrowed:
         self._conn: Any = None
 
     async def __aenter__(self) -> Any:
-        self._conn = conn = await self._pool.getconn(self._timeout)
+        pool = self._pool
+        core = pool._core
+        if (
+            core.idle
+            and self._timeout is None
+            and pool._leak_timeout is None
+            and _get_running_loop() is pool._loop
+        ):
+            rec = core.idle.pop()
+            now = pool._clock()
+            if now - rec.last_used < core.ping_window and now < rec.expires:
+                rec.uses += 1
+                rec.lent_at = now
+                core.lent[rec.key] = rec
+                core.checkouts += 1
+                self._conn = conn = rec.conn
+                rec.conn = None
+                return conn
+            core.idle.append(rec)
+        self._conn = conn = await pool.getconn(self._timeout)
         return conn
 
     async def __aexit__(
@@ -98,7 +122,20 @@ class _AsyncBorrowed:
     ) -> None:
         conn = self._conn
         self._conn = None
-        await self._pool.putconn(conn, False, ev)
+        pool = self._pool
+        if ev is None and not pool._reset_always:
+            rec = pool._core.lent.get(id(conn))
+            if (
+                rec is not None
+                and not rec.resetting
+                and (rec.pin is conn or (rec.ref is not None and rec.ref() is conn))
+                and not pool._status(conn)
+                and (rec.autocommit is None or pool._adapter.get_autocommit(conn) == rec.autocommit)
+                and _get_running_loop() is pool._loop
+            ):
+                pool._checkin(rec, conn, None)
+                return
+        await pool.putconn(conn, False, ev)
 
 
 class _AsyncTransaction:
