@@ -325,10 +325,12 @@ class PoolCore:
                     self.retire(rec, "idle")
                     surplus -= 1
                 elif ka is not None and now - rec.last_used >= ka:
-                    # borrowed by the housekeeper for a background ping (see pinged)
+                    # borrowed by the housekeeper for a background ping (see pinged); it is
+                    # back idle by its next deadline at the latest
                     rec.lent_at = now
                     self.lent[rec.key] = rec
                     self.plan.pings.append(rec)
+                    wake = min(wake, now + ka)
                 else:
                     keep.append(rec)
                     wake = min(wake, rec.expires)

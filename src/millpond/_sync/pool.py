@@ -676,6 +676,9 @@ class Pool:
             plan = core.flush()
         if plan:
             self._carry_out(plan)
+        hk = self._housekeeper
+        if hk is not None and self._config.keepalive is not None:
+            hk.kick()  # the new connection's keepalive deadline may come before its sleep ends
 
     def _keepalive_ping(self, rec: ConnRecord) -> None:
         try:
