@@ -37,6 +37,9 @@ class PoolConfig:
     #: ping idle connections in the background this often (seconds), so that NAT/firewall
     #: idle cuts and server-side idle timeouts never reach a borrower
     keepalive: float | None = None
+    #: a ping (on checkout or keepalive) unanswered this long counts as dead; a checkout's
+    #: ping is also bounded by what is left of the caller's deadline
+    ping_timeout: float = 5.0
     name: str | None = None
     #: fraction of max_lifetime taken off at random per connection, so a pool opened at once
     #: does not retire every connection in the same instant
@@ -65,6 +68,7 @@ class PoolConfig:
         _seconds("ping_window", self.ping_window)
         _seconds("leak_timeout", self.leak_timeout, allow_none=True, positive=True)
         _seconds("keepalive", self.keepalive, allow_none=True, positive=True)
+        _seconds("ping_timeout", self.ping_timeout, positive=True)
         if not isinstance(self.lifetime_jitter, (int, float)) or not 0 <= self.lifetime_jitter < 1:
             raise ConfigError(f"lifetime_jitter={self.lifetime_jitter!r} must be in [0, 1)")
         if not isinstance(self.pre_ping, bool):

@@ -795,3 +795,25 @@ def test_leaks_are_reported_without_waiting_for_other_deadlines(make_pool: Any) 
     conn = pool.getconn()
     wait_until(lambda: pool.stats().leaks == 1, "leak reported", limit=3.0)
     pool.putconn(conn)
+
+
+@pytest.mark.parametrize("kind", ["sync"])  # AsyncPool: see tests/asyncpool (gated ping)
+def test_a_ping_that_never_answers_is_interrupted(kind: str, make_pool: Any, driver: Any) -> None:
+    pool = make_pool(min_size=1, max_size=1, ping_window=0, ping_timeout=0.1)
+    hung = driver.connections[0]
+    driver.hang_ping.add(hung.number)
+    with pool.connection(timeout=5) as conn:  # the hung one is interrupted and replaced
+        assert conn is not hung
+    assert hung.broken
+    assert pool.stats().closed_by_reason["ping_failed"] == 1
+
+
+@pytest.mark.parametrize("kind", ["sync"])
+def test_a_hung_ping_does_not_outlive_the_callers_deadline(
+    kind: str, make_pool: Any, driver: Any
+) -> None:
+    pool = make_pool(min_size=1, max_size=1, ping_window=0, ping_timeout=30)
+    driver.hang_ping.add(driver.connections[0].number)
+    driver.on_connect = lambda: driver.hang_ping.update({len(driver.connections) + 1})
+    with pytest.raises(millpond.PoolTimeout):
+        pool.getconn(timeout=0.2)

@@ -732,7 +732,9 @@ def test_server_down_at_startup(fresh_pg: DisposablePostgres, figures: Figures) 
             pool.open(wait=True, timeout=timeout)
         open_fail_s = time.monotonic() - started
         assert any(isinstance(e, psycopg.OperationalError) for e in _chain(open_error.value))
-        assert "refused" in str(open_error.value), str(open_error.value)
+        # "refused" normally; "closed the connection" if the postmaster was still exiting
+        message = str(open_error.value)
+        assert "refused" in message or "closed the connection" in message, message
 
         # a checkout while it is still down fails just as fast, whatever its deadline
         started = time.monotonic()
@@ -924,14 +926,6 @@ def test_blackhole_connect(
 
 @pytest.mark.postgres
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding: Pool's checkout ping has no timeout (no ping_timeout option, and the ping "
-        "is not bounded by the caller's deadline as AsyncPool's is): a connection whose "
-        "server stops answering hangs the caller forever"
-    ),
-)
 def test_blackhole_ping_of_idle_connection(
     fresh_pg: DisposablePostgres, pg_proxy: FaultProxy, figures: Figures
 ) -> None:

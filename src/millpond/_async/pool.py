@@ -49,8 +49,6 @@ _get_running_loop = asyncio.get_running_loop
 #: terminated instead, and how long a polite close may take
 RESET_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
-#: how long a background keepalive ping may go unanswered before the connection counts as dead
-PING_TIMEOUT = 10.0
 
 if sys.version_info >= (3, 11):
 
@@ -209,6 +207,7 @@ class AsyncPool:
         configure: Callable[[Any], Any] | None = None,
         leak_timeout: float | None = None,
         keepalive: float | None = None,
+        ping_timeout: float = 5.0,
         name: str | None = None,
         open: bool = False,
         workers: int = 2,
@@ -235,6 +234,7 @@ class AsyncPool:
             configure=configure,
             leak_timeout=leak_timeout,
             keepalive=keepalive,
+            ping_timeout=ping_timeout,
             name=name,
             workers=workers,
             server_pooler=server_pooler,
@@ -468,7 +468,8 @@ class AsyncPool:
         core = self._core
         adapter = self._adapter
         try:
-            await _bounded(adapter.ping(conn), min(max(deadline - time.monotonic(), 0.0), PING_TIMEOUT))
+            left = max(deadline - time.monotonic(), 0.0)
+            await _bounded(adapter.ping(conn), min(left, self._config.ping_timeout))
         except asyncio.CancelledError:
             # the connection may be mid-protocol: drop it, give the slot back, propagate
             adapter.terminate(conn)
@@ -690,7 +691,7 @@ class AsyncPool:
     async def _keepalive_ping(self, rec: ConnRecord) -> None:
         adapter = self._adapter
         try:
-            await _bounded(adapter.ping(rec.conn), PING_TIMEOUT)
+            await _bounded(adapter.ping(rec.conn), self._config.ping_timeout)
             ok = True
         except asyncio.CancelledError:
             adapter.terminate(rec.conn)

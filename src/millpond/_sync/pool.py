@@ -35,6 +35,7 @@ from millpond._core.messages import (
 from millpond._core.record import ConnRecord, Plan, Waiter
 from millpond._core.state import PoolCore
 from millpond._core.stats import PoolStats
+from millpond._sync.watchdog import watchdog
 from millpond._sync.workers import Housekeeper, Workers
 from millpond.drivers.base import SyncAdapter, TxStatus
 from millpond.errors import (
@@ -204,6 +205,7 @@ class Pool:
         configure: Callable[[Any], None] | None = None,
         leak_timeout: float | None = None,
         keepalive: float | None = None,
+        ping_timeout: float = 5.0,
         name: str | None = None,
         open: bool = True,
         workers: int = 2,
@@ -225,6 +227,7 @@ class Pool:
             configure=configure,
             leak_timeout=leak_timeout,
             keepalive=keepalive,
+            ping_timeout=ping_timeout,
             name=name,
             workers=workers,
             server_pooler=server_pooler,
@@ -413,7 +416,9 @@ class Pool:
             assert rec is not None
             conn = rec.conn
             now = clock()
-            if now - rec.last_used >= core.ping_window and not self._ping(rec, conn, now):
+            if now - rec.last_used >= core.ping_window and not self._ping(
+                rec, conn, now, start + budget
+            ):
                 if time.monotonic() - start >= budget:
                     with self._lock:
                         core.timeouts += 1
@@ -454,11 +459,25 @@ class Pool:
         assert rec is not None
         return rec
 
-    def _ping(self, rec: ConnRecord, conn: Any, now: float) -> bool:
-        """Validate a connection that sat idle for ``ping_window``. On failure discard it."""
-        core = self._core
+    def _bounded_ping(self, conn: Any, deadline: float) -> None:
+        """The adapter's ping, interrupted (its socket shut down) if it overruns ``deadline``:
+        a server that stops answering must not hold a caller or a worker forever."""
+        adapter = self._adapter
+        token = watchdog.arm(deadline, functools.partial(adapter.interrupt, conn))
         try:
-            self._adapter.ping(conn)
+            adapter.ping(conn)
+        finally:
+            interrupted = not watchdog.disarm(token)
+        if interrupted:  # it answered just as the watchdog struck: the socket is gone anyway
+            raise PoolTimeout(f"pool {self.name!r}: ping unanswered (ping_timeout)")
+
+    def _ping(self, rec: ConnRecord, conn: Any, now: float, deadline: float) -> bool:
+        """Validate a connection that sat idle for ``ping_window``, within ``ping_timeout``
+        and the caller's deadline. On failure discard it."""
+        core = self._core
+        limit = min(deadline, time.monotonic() + self._config.ping_timeout)
+        try:
+            self._bounded_ping(conn, limit)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 log.info(
@@ -682,7 +701,7 @@ class Pool:
 
     def _keepalive_ping(self, rec: ConnRecord) -> None:
         try:
-            self._adapter.ping(rec.conn)
+            self._bounded_ping(rec.conn, time.monotonic() + self._config.ping_timeout)
             ok = True
         except Exception as exc:
             ok = False
@@ -850,6 +869,7 @@ def _iter_pools() -> Iterator[Pool]:
 
 
 def _after_fork_in_child() -> None:
+    watchdog.after_fork()
     for pool in _iter_pools():
         pool._after_fork()
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import enum
 import importlib
 import inspect
+import os
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -25,6 +27,7 @@ __all__ = [
     "load_driver",
     "redact",
     "scrub_error",
+    "shutdown_socket",
 ]
 
 
@@ -161,6 +164,17 @@ def load_driver(module_name: str, extra: str | None) -> Any:
         raise ConfigError(f"the {module_name!r} driver failed to import: {exc}") from exc
 
 
+def shutdown_socket(fd: int) -> bool:
+    """Shut down the socket behind ``fd`` in both directions (through a duplicate, so the
+    driver's own descriptor stays valid until it closes it): blocked reads return at once."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
+    return True
+
+
 class SyncAdapter:
     """Generic DB-API 2.0 adapter: ``connect`` is a zero-argument callable.
 
@@ -215,6 +229,15 @@ class SyncAdapter:
     def close(self, conn: Any) -> None:
         """Close a connection, swallowing nothing: the caller logs and moves on."""
         conn.close()
+
+    def interrupt(self, conn: Any) -> bool:
+        """From another thread, make a call blocked on ``conn`` fail now (a ping that overran
+        ``ping_timeout``): shut its socket down. The connection is discarded afterwards.
+        False if the driver exposes no socket."""
+        fileno = getattr(conn, "fileno", None)
+        if not callable(fileno):
+            return False
+        return shutdown_socket(fileno())
 
     def is_closed(self, conn: Any) -> bool:
         """True if the connection is known to be closed (the user closed it, or it broke)."""

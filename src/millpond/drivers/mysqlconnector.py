@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from millpond.drivers.base import ConnectParams, SyncAdapter, TxStatus, load_driver
+from millpond.drivers.base import ConnectParams, SyncAdapter, TxStatus, load_driver, shutdown_socket
 from millpond.drivers.pymysql import MYSQL_DISCONNECT_CODES
 from millpond.errors import ConfigError
 
@@ -53,6 +53,13 @@ class MySQLConnectorAdapter(SyncAdapter):
             return params.call(mysql_connector.connect)
 
         return cls(connect, description=description, secrets=secrets, module=mysql_connector)
+
+    def interrupt(self, conn: Any) -> bool:
+        holder = getattr(conn, "_socket", None)  # mysql-connector's pure-Python transport
+        sock = getattr(holder, "sock", None)
+        if sock is None:
+            return False
+        return shutdown_socket(sock.fileno())
 
     def is_closed(self, conn: Any) -> bool:
         is_closed = getattr(conn, "is_closed", None)

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from millpond.drivers.base import ConnectParams, SyncAdapter, TxStatus, load_driver
+from millpond.drivers.base import ConnectParams, SyncAdapter, TxStatus, load_driver, shutdown_socket
 
 __all__ = ["MYSQL_DISCONNECT_CODES", "PyMySQLAdapter"]
 
@@ -99,6 +99,12 @@ class PyMySQLAdapter(SyncAdapter):
         # which is the normal state of a broken connection the pool is throwing away
         if conn.open:
             conn.close()
+
+    def interrupt(self, conn: Any) -> bool:
+        sock = getattr(conn, "_sock", None)  # PyMySQL keeps its socket there
+        if sock is None:
+            return False
+        return shutdown_socket(sock.fileno())
 
     def is_closed(self, conn: Any) -> bool:
         # PyMySQL drops its socket on every network error, so this also catches "broken"

@@ -65,6 +65,7 @@ class FakeConnection:
         self.pings = 0
         self.full_resets = 0
         self.queries: list[str] = []
+        self.unblock = threading.Event()
 
     def execute(self, sql: str) -> None:
         """Run a pretend statement: any statement opens a transaction unless autocommit."""
@@ -111,6 +112,7 @@ class _FakeSwitches:
         self.fail_connect: BaseException | None = None
         self.fail_ping: set[int] = set()
         self.fail_reset: set[int] = set()
+        self.hang_ping: set[int] = set()  # sync: these pings block until interrupted
         self.on_connect: Callable[[], None] | None = None
 
     def _make(self) -> FakeConnection:
@@ -160,8 +162,16 @@ class FakeDriver(_FakeSwitches, SyncAdapter):
     def ping(self, conn: Any) -> None:
         conn.pings += 1
         conn._alive()
+        if conn.number in self.hang_ping:  # a server that stopped answering
+            conn.unblock.wait(30)
+            raise FakeDisconnect("connection interrupted")
         if conn.number in self.fail_ping:
             raise FakeDisconnect("ping failed")
+
+    def interrupt(self, conn: Any) -> bool:
+        conn.broken = True
+        conn.unblock.set()
+        return True
 
     def full_reset(self, conn: Any) -> None:
         conn._alive()
