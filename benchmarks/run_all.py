@@ -2,7 +2,7 @@
 
     python benchmarks/run_all.py [--quick] [--output docs/benchmarks.md]
 
-Takes about 100 s, of which the asyncio section (``async_bench.py``) about 40 s
+Takes about 115 s (scale and connect-vs-pool about 13 s), of which the asyncio section (``async_bench.py``) about 40 s
 (``--quick``: about 30 s, fewer rounds, shorter runs: for a smoke test, not for numbers to
 quote). Everything is measured side by side in this one process and run, so the
 ratios hold even on a noisy machine where the absolute numbers drift.
@@ -21,8 +21,11 @@ from typing import Any
 
 import _common as c
 import async_bench
+import connect_vs_pool
 import contention
 import overhead
+import plots
+import scale
 import select1
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,7 +153,17 @@ def _ceiling_note(ct: dict[str, Any]) -> str:
 
 
 def document(ov: dict[str, Any], s1: dict[str, Any], cts: list[dict[str, Any]],
-             took: float, quick: bool, ab: dict[str, Any] | None = None) -> str:
+             took: float, quick: bool, ab: dict[str, Any] | None = None,
+             sc: dict[str, Any] | None = None, cv: dict[str, Any] | None = None,
+             imgs: dict[str, str | None] | None = None) -> str:
+    imgs = imgs or {}
+
+    def img(key: str, alt: str) -> list[str]:
+        path = imgs.get(key)
+        if not path:
+            return []
+        return [f"![{alt}]({path})", ""]
+
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     peers = ", ".join(f"{d} {_version(d)}" for d in (
         "psycopg", "psycopg-pool", "SQLAlchemy", "DBUtils", "psycopg2-binary", "PyMySQL",
@@ -176,7 +189,8 @@ def document(ov: dict[str, Any], s1: dict[str, Any], cts: list[dict[str, Any]],
         "## Goals",
         "",
         c.table(["goal", "result"],
-                goals(ov, s1, judged_ct) + (async_bench.goals(ab) if ab else [])),
+                goals(ov, s1, judged_ct) + (async_bench.goals(ab) if ab else [])
+                + (scale.goals(sc) if sc else [])),
         "",
         "## 1. Overhead: checkout + return, no query",
         "",
@@ -189,6 +203,7 @@ def document(ov: dict[str, Any], s1: dict[str, Any], cts: list[dict[str, Any]],
         "",
         overhead.render(ov),
         "",
+        *img("overhead", "overhead: us/op per contender"),
     ]
     if ov.get("adapter_note"):
         lines += [f"millpond: {ov['adapter_note']}.", ""]
@@ -250,6 +265,48 @@ def document(ov: dict[str, Any], s1: dict[str, Any], cts: list[dict[str, Any]],
         lines += [f"millpond: {judged_ct['adapter_note']}.", ""]
     if ab:
         lines += ["## 4. asyncio: AsyncPool and the asyncio pools", "", *async_bench.describe(ab)]
+    if sc:
+        lines += [
+            "## 5. Scale: pool size and queue length",
+            "",
+            "Against millpond's in-memory fake driver (`millpond.testing`), so a pool of 1000 "
+            "needs no 1000 server connections and only the pool is timed. **Pool size**: a "
+            "`millpond.Pool(FakeDriver())` with 1, 10, 100 and 1000 open idle connections "
+            "(default options), one thread doing `getconn`/`putconn` with no query; median of "
+            f"{sc['rounds']} interleaved rounds. **Waiters**: a "
+            "`millpond.AsyncPool(AsyncFakeDriver())` of one connection and N + 1 tasks looping "
+            "`getconn` -> `putconn`: one holds the connection, N are queued in `getconn` "
+            "(threads could not go to 10,000; tasks can). Each return hands the connection "
+            "to the head of the queue and the returner queues again at the tail, so N waiters "
+            "stay queued throughout; timed is one return + hand-off cycle (return, wake, "
+            "resume, re-queue), median of "
+            f"{sc['async_rounds']} rounds of {sc['async_seconds']:g} s, each N in a fresh "
+            "event loop. \"queue length seen\" is the pool's queue read in the middle of the "
+            "run. The goal: flat, the largest median within "
+            f"{scale.GOAL_FLAT}x of the smallest.",
+            "",
+            scale.render(sc),
+            "",
+            *img("scale", "scale: us per operation against pool size and queue length"),
+        ]
+    if cv:
+        lines += [
+            "## 6. Connect per request vs a pool",
+            "",
+            "One thread; a request is get a connection, `SELECT 1`, fetch, let it go. Without "
+            "a pool: open a new connection and close it every time (TCP, authentication and "
+            "session start on a server); with a millpond `Pool` (default options, size 1): "
+            "borrow and return. Autocommit on both sides where the driver has it; psycopg 3, "
+            "PyMySQL, `sqlite3` on a file. The modes alternate in blocks of "
+            f"{cv['block']:g} s for {cv['seconds']:g} s per database; req/s is the median "
+            "block, the speedup the median per-pair ratio (range: smallest and largest pair). "
+            "The connect cost is this machine's local servers' with their configuration as "
+            "found (MariaDB's connect is the slowest by far here).",
+            "",
+            connect_vs_pool.render(cv),
+            "",
+            *img("connect_vs_pool", "connect per request vs pooled, requests per second"),
+        ]
     lines += [
         "## Not covered here",
         "",
@@ -281,8 +338,23 @@ def main() -> None:
         cts.append(contention.run(seconds=0.7 if q else 3.0, work=work))
     step("asyncio")
     ab = async_bench.run(quick=q)
+    step("scale")
+    sc = scale.run(rounds=3 if q else 7)
+    step("connect vs pool")
+    cv = connect_vs_pool.run(seconds=0.8 if q else 2.0)
+    step("plots")
+    img_dir = os.path.join(os.path.dirname(os.path.abspath(a.output)), "img")
+    imgs: dict[str, str | None] = {
+        "overhead": plots.overhead(ov, os.path.join(img_dir, "overhead.png")),
+        "scale": plots.scale(sc, os.path.join(img_dir, "scale.png")),
+        "connect_vs_pool": plots.connect_vs_pool(cv, os.path.join(img_dir,
+                                                                   "connect_vs_pool.png")),
+    }
+    # paths relative to the document, as its image links need them
+    out_dir = os.path.dirname(os.path.abspath(a.output))
+    imgs = {k: os.path.relpath(v, out_dir) if v else None for k, v in imgs.items()}
     took = time.monotonic() - t0
-    text = document(ov, s1, cts, took, q, ab)
+    text = document(ov, s1, cts, took, q, ab, sc, cv, imgs)
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
     with open(a.output, "w", encoding="utf-8") as f:
         f.write(text)
