@@ -15,8 +15,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "_config": ("millpond.errors",),
     "_core": ("millpond._core", "millpond._config", "millpond.errors"),
     "drivers": ("millpond.drivers", "millpond.errors"),
+    "_shell": ("millpond._core", "millpond._config", "millpond.drivers", "millpond.errors"),
     "_sync": (
         "millpond._sync",
+        "millpond._shell",
         "millpond._core",
         "millpond._config",
         "millpond.drivers",
@@ -24,6 +26,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     ),
     "_async": (
         "millpond._async",
+        "millpond._shell",
         "millpond._core",
         "millpond._config",
         "millpond.drivers",

@@ -35,8 +35,8 @@ class SyncHandle:
     def open(self, wait: bool = False, timeout: float | None = None) -> None:
         self.pool.open(wait=wait, timeout=timeout)
 
-    def getconn(self, timeout: float | None = None) -> Any:
-        return self.pool.getconn(timeout)
+    def getconn(self, timeout: float | None = None, fail_fast: bool = False) -> Any:
+        return self.pool.getconn(timeout, fail_fast=fail_fast)
 
     def putconn(self, conn: Any, discard: bool = False) -> None:
         self.pool.putconn(conn, discard)
@@ -86,8 +86,8 @@ class AsyncHandle:
     def open(self, wait: bool = False, timeout: float | None = None) -> None:
         self.run(self.pool.open(wait=wait, timeout=timeout))
 
-    def getconn(self, timeout: float | None = None) -> Any:
-        return self.run(self.pool.getconn(timeout))
+    def getconn(self, timeout: float | None = None, fail_fast: bool = False) -> Any:
+        return self.run(self.pool.getconn(timeout, fail_fast=fail_fast))
 
     def putconn(self, conn: Any, discard: bool = False) -> None:
         self.run(self.pool.putconn(conn, discard))

@@ -13,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from millpond._config import PoolConfig
 from millpond._core.record import ConnRecord, Waiter
 from millpond._core.state import PoolCore
-from millpond.errors import PoolClosed, TooManyWaiters
+from millpond.errors import ConnectError, PoolClosed, PoolTimeout, TooManyWaiters
 
 
 class Conn:
@@ -72,7 +72,7 @@ class CoreMachine(RuleBasedStateMachine):
             keepalive=keepalive,
         )
         self.core = PoolCore(cfg, "sm", random.Random(seed))
-        self.core._grow(self.now)
+        self.core.start(self.now)
         self.apply()
 
     # -- helpers ---------------------------------------------------------------------------
@@ -103,25 +103,24 @@ class CoreMachine(RuleBasedStateMachine):
 
     # -- rules -----------------------------------------------------------------------------
 
-    @rule()
+    @rule(fail_fast=st.booleans(), budget=st.sampled_from([0.0, 5.0]))
     @precondition(lambda self: self.core is not None)
-    def checkout(self) -> None:
+    def checkout(self, fail_fast: bool, budget: float) -> None:
         core = self.core
         assert core is not None
-        rec = core.take_idle(self.now)
-        if rec is not None:
-            assert not self.queue, "barging: an idle connection was taken while others wait"
-            self.held[rec.key] = rec
-        elif core.down() and self.now < core.retry_at:
-            pass  # the shell fails fast here with ConnectError
+        idle_before = len(core.idle)
+        try:
+            got = core.admit(self.now, budget, Waiter, fail_fast=fail_fast)
+        except (PoolClosed, TooManyWaiters, PoolTimeout, ConnectError):
+            assert not core.closed or not core.idle
         else:
-            w = Waiter()
-            try:
-                core.enqueue(w, self.now)
-            except (PoolClosed, TooManyWaiters):
-                pass
+            if isinstance(got, ConnRecord):
+                assert not self.queue, "barging: an idle connection was taken while others wait"
+                self.held[got.key] = got
             else:
-                self.queue.append(w)
+                assert idle_before == 0 or not core.idle, "queued although a connection is idle"
+                assert budget > 0, "a caller that may not wait was queued"
+                self.queue.append(got)
         self.apply()
 
     @rule(data=st.data())

@@ -1,8 +1,10 @@
-"""The asyncio shell around the core: futures for waiters, tasks for background work.
+"""The asyncio shell: futures for waiters, tasks for background work, loop binding.
 
-Code between two ``await`` points is atomic on the event loop, so the shell takes no lock: every
-core call and the hand-off that follows it happen in one step. The hot path (an idle, recently
-used connection out and back in) awaits nothing at all.
+Every decision is the core's (``millpond._core``); what both shells share is in
+``millpond._shell``. Code between two ``await`` points is atomic on the event loop, so this
+shell takes no lock. The two fast paths, :meth:`AsyncPool._lend_idle` and
+:meth:`AsyncPool._return_idle`, await nothing; they are twins of the threaded shell's,
+checked line by line by ``tests/test_twins.py``.
 """
 
 from __future__ import annotations
@@ -10,39 +12,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
-import math
 import sys
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from queue import Empty, SimpleQueue
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
-from millpond._config import PoolConfig, ResetPolicy, check_timeout, server_pooler_reset
 from millpond._core.messages import (
     borrower_stack,
     closed_error,
-    connect_error,
-    connect_failure,
-    first_line,
     foreign_error,
-    format_stack,
     fresh_error,
-    timeout_error,
+    min_size_timeout,
 )
 from millpond._core.record import ConnRecord, Plan, Waiter
-from millpond._core.state import PoolCore
+from millpond._core.reset import Step
 from millpond._core.stats import PoolStats
+from millpond._shell import PoolBase, log
 from millpond.drivers.async_base import AsyncAdapter
-from millpond.drivers.base import TxStatus
-from millpond.errors import ConfigError, PoolError, WrongEventLoop
+from millpond.errors import ConfigError, PoolClosed, WrongEventLoop
 
 __all__ = ["AsyncPool"]
 
-log = logging.getLogger("millpond")
-_names = itertools.count(1)
 _get_running_loop = asyncio.get_running_loop
 
 #: how long a reset on return (rollback, full reset) may take before the connection is
@@ -50,19 +42,12 @@ _get_running_loop = asyncio.get_running_loop
 RESET_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
 
-if sys.version_info >= (3, 11):
-
-    async def _bounded(aw: Awaitable[Any], seconds: float) -> Any:
-        async with asyncio.timeout(seconds):
-            return await aw
-
-else:  # pragma: no cover - Python 3.10
-
-    async def _bounded(aw: Awaitable[Any], seconds: float) -> Any:
-        return await asyncio.wait_for(aw, seconds)
+_CUT_OFF = (asyncio.CancelledError, TimeoutError)
 
 
-_CUT_OFF = (asyncio.CancelledError, asyncio.TimeoutError, TimeoutError)
+async def _bounded(aw: Awaitable[Any], seconds: float) -> Any:
+    async with asyncio.timeout(seconds):
+        return await aw
 
 
 class _AsyncWaiter(Waiter):
@@ -78,12 +63,7 @@ class _AsyncWaiter(Waiter):
 
 
 class _AsyncBorrowed:
-    """``async with pool.connection() as conn``.
-
-    The common case (an idle, recently used connection out; one back with no transaction
-    open) runs here without awaiting another coroutine; keep it in step with
-    ``AsyncPool.getconn``/``putconn``.
-    """
+    """``async with pool.connection() as conn``."""
 
     __slots__ = ("_conn", "_pool", "_timeout")
 
@@ -94,24 +74,11 @@ class _AsyncBorrowed:
 
     async def __aenter__(self) -> Any:
         pool = self._pool
-        core = pool._core
-        if (
-            core.idle
-            and self._timeout is None
-            and pool._leak_timeout is None
-            and _get_running_loop() is pool._loop
-        ):
-            rec = core.idle.pop()
-            now = pool._clock()
-            if now - rec.last_used < core.ping_window and now < rec.expires:
-                rec.uses += 1
-                rec.lent_at = now
-                core.lent[rec.key] = rec
-                core.checkouts += 1
-                self._conn = conn = rec.conn
-                rec.conn = None
+        if self._timeout is None and pool._leak_timeout is None:
+            conn = pool._lend_idle()
+            if conn is not None:
+                self._conn = conn
                 return conn
-            core.idle.append(rec)
         self._conn = conn = await pool.getconn(self._timeout)
         return conn
 
@@ -121,18 +88,8 @@ class _AsyncBorrowed:
         conn = self._conn
         self._conn = None
         pool = self._pool
-        if ev is None and not pool._reset_always:
-            rec = pool._core.lent.get(id(conn))
-            if (
-                rec is not None
-                and not rec.resetting
-                and (rec.pin is conn or (rec.ref is not None and rec.ref() is conn))
-                and not pool._status(conn)
-                and (rec.autocommit is None or pool._adapter.get_autocommit(conn) == rec.autocommit)
-                and _get_running_loop() is pool._loop
-            ):
-                pool._checkin(rec, conn, None)
-                return
+        if ev is None and not pool._reset_always and pool._return_idle(conn):
+            return
         await pool.putconn(conn, False, ev)
 
 
@@ -184,137 +141,102 @@ class _AsyncTransaction:
         await pool.putconn(conn, False, ev)
 
 
-class AsyncPool:
-    """An asyncio pool of connections. No I/O happens in ``__init__``: open it with
-    ``await pool.open()`` or ``async with AsyncPool(...) as pool``."""
+class AsyncPool(PoolBase):
+    """An asyncio pool of connections, bound to the event loop that opens it.
 
-    def __init__(
-        self,
-        target: Any,
-        *,
-        connect_kwargs: Mapping[str, Any] | None = None,
-        min_size: int = 1,
-        max_size: int = 10,
-        max_overflow: int = 0,
-        timeout: float = 30.0,
-        max_waiting: int = 0,
-        max_lifetime: float | None = 1800.0,
-        max_idle: float | None = 600.0,
-        max_uses: int = 0,
-        pre_ping: bool = True,
-        ping_window: float = 0.5,
-        reset: ResetPolicy = "rollback",
-        configure: Callable[[Any], Any] | None = None,
-        leak_timeout: float | None = None,
-        keepalive: float | None = None,
-        ping_timeout: float = 5.0,
-        name: str | None = None,
-        open: bool = False,
-        workers: int = 2,
-        clock: Callable[[], float] | None = None,
-        server_pooler: str | None = None,
-    ) -> None:
+    No I/O happens in the constructor: open it with ``await pool.open()`` or
+    ``async with AsyncPool(...) as pool``. The options are those of ``Pool`` (documented on
+    ``__init__``); ``configure`` and ``reset`` callables may be coroutine functions.
+    """
+
+    _kind = "AsyncPool"
+    _prefix = "async-pool"
+    _numbers: ClassVar[Iterator[int]] = itertools.count(1)
+    _adapter: AsyncAdapter
+
+    @classmethod
+    def _next_number(cls) -> int:
+        return next(cls._numbers)
+
+    def _check_open(self, open: bool | None) -> None:
         if open:
             raise ConfigError(
                 "open=True: an AsyncPool does no I/O in __init__; "
                 "open it with `await pool.open()` or `async with AsyncPool(...)`"
             )
-        config = PoolConfig(
-            min_size=min_size,
-            max_size=max_size,
-            max_overflow=max_overflow,
-            timeout=timeout,
-            max_waiting=max_waiting,
-            max_lifetime=max_lifetime,
-            max_idle=max_idle,
-            max_uses=max_uses,
-            pre_ping=pre_ping,
-            ping_window=ping_window,
-            reset=reset,
-            configure=configure,
-            leak_timeout=leak_timeout,
-            keepalive=keepalive,
-            ping_timeout=ping_timeout,
-            name=name,
-            workers=workers,
-            server_pooler=server_pooler,
+
+    def _resolve_target(
+        self, target: Any, connect_kwargs: Mapping[str, Any] | None, server_pooler: str | None
+    ) -> AsyncAdapter:
+        if isinstance(target, AsyncAdapter):
+            if connect_kwargs:
+                raise ConfigError("connect_kwargs cannot be combined with a driver adapter instance")
+            return target
+        from millpond.drivers.async_url import resolve_async
+
+        adapter: AsyncAdapter = resolve_async(
+            target, dict(connect_kwargs) if connect_kwargs else None, server_pooler=server_pooler
         )
-        self._adapter = _resolve(target, connect_kwargs, server_pooler)
-        self.name: str = name if name is not None else f"async-pool-{next(_names)}"
-        reset = server_pooler_reset(config, self.name, log)
-        self._config = config
-        self._clock: Callable[[], float] = clock or time.monotonic
-        self._core = PoolCore(config, self.name)
-        self._core.closed = True  # until open()
-        self._opened = False
+        return adapter
+
+    def _init_shell(self, open: bool | None) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connecting: asyncio.Semaphore | None = None
+        #: wakes the housekeeper early (a connect failed, a connection was collected)
         self._kick: asyncio.Event | None = None
-        self._returned: asyncio.Event | None = None
+        #: set when the pool's shape changes (a connect ends, a connection comes back while
+        #: closing): open(wait=True) and close() wait on it
+        self._changed: asyncio.Event | None = None
         self._housekeeper: asyncio.Task[None] | None = None
-        self._gc_queue: SimpleQueue[ConnRecord] = SimpleQueue()
-        self._reset = reset
-        self._reset_always = reset not in ("rollback", None)
-        self._status = self._adapter.status
-        self._leak_timeout = leak_timeout
-        self._default_timeout = float(timeout)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self, wait: bool = False, timeout: float | None = None) -> None:
-        """Bind the pool to the running event loop and start filling it to ``min_size``."""
+        """Bind the pool to the running event loop and start filling it to ``min_size``.
+        With ``wait=True``, return once they are open: ``ConnectError`` as soon as a connect
+        fails, ``PoolTimeout`` if ``timeout`` (default: the pool's) runs out first."""
+        budget = self._timeout(timeout)
         loop = _get_running_loop()
-        if self._opened:
-            if self._core.closed:
-                raise closed_error(self._core, True)
-            self._check_loop(loop)
-        else:
-            self._opened = True
+        core = self._core
+        if core.start(self._clock()):
             self._loop = loop
             self._connecting = asyncio.Semaphore(self._config.workers)
-            self._kick = asyncio.Event()
-            self._returned = asyncio.Event()
-            self._core.closed = False
-            self._core._grow(self._clock())
+            self._kick = kick = asyncio.Event()
+            self._changed = asyncio.Event()
+            self._gc_notify = _thread_safe_kick(loop, kick)
             self._housekeeper = loop.create_task(
-                _housekeep_loop(weakref.ref(self), self._kick), name=f"millpond-{self.name}"
+                _housekeep_loop(weakref.ref(self), kick), name=f"millpond-{self.name}"
             )
             self._carry_out_pending()
+        else:
+            self._check_loop(loop)
         if wait:
-            await self._wait_for_min_size(self._timeout(timeout))
-
-    async def _wait_for_min_size(self, budget: float) -> None:
-        core = self._core
-        deadline = time.monotonic() + budget
-        while core.size < core.min_size:
-            if core.closed:
-                raise closed_error(core, True)
-            if core.down():
-                raise connect_error(core)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise timeout_error(core, budget, self._clock())
-            assert self._returned is not None
-            self._returned.clear()
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await _bounded(self._returned.wait(), min(left, 0.05))
+            changed = self._changed
+            assert changed is not None
+            deadline = time.monotonic() + budget
+            while not core.min_size_reached():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise min_size_timeout(core, budget)
+                changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await _bounded(changed.wait(), left)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close: waiters fail with ``PoolClosed``, idle connections close now, lent ones when
         returned (waiting up to ``timeout``); background tasks end."""
-        timeout = check_timeout("timeout", timeout)
+        budget = self._timeout(timeout)
         core = self._core
-        if not self._opened:
-            self._opened = True
+        if core.started and not core.closed:
+            self._check_loop(_get_running_loop())
+        if not core.close(PoolClosed(f"pool {self.name!r} was closed while waiting")):
             return
-        if core.closed:
-            return
-        loop = _get_running_loop()
-        self._check_loop(loop)
-        core.close(closed_error(core, True))
+        self._notify()
         self._carry_out_pending()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + budget
+        changed = self._changed
+        assert changed is not None
         while core.lent:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -325,10 +247,9 @@ class AsyncPool:
                     len(core.lent),
                 )
                 break
-            assert self._returned is not None
-            self._returned.clear()
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await _bounded(self._returned.wait(), left)
+            changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await _bounded(changed.wait(), left)
         if self._housekeeper is not None:
             self._housekeeper.cancel()
         pending = [t for t in self._tasks if not t.done()]
@@ -338,8 +259,7 @@ class AsyncPool:
                 t.cancel()
 
     async def __aenter__(self) -> AsyncPool:
-        if not self._opened:
-            await self.open()
+        await self.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -348,75 +268,75 @@ class AsyncPool:
     # -- checkout --------------------------------------------------------------------------
 
     def connection(self, timeout: float | None = None) -> _AsyncBorrowed:
+        """``async with pool.connection() as conn:`` lends the driver's own connection; on
+        exit uncommitted work is rolled back and the connection goes back to the pool."""
         return _AsyncBorrowed(self, timeout)
 
     def transaction(self, timeout: float | None = None) -> _AsyncTransaction:
+        """``async with pool.transaction() as conn:`` begins in the driver's own way,
+        commits on success and rolls back on an exception."""
         return _AsyncTransaction(self, timeout)
 
-    async def getconn(self, timeout: float | None = None) -> Any:
-        core = self._core
+    async def getconn(self, timeout: float | None = None, *, fail_fast: bool = False) -> Any:
+        """Borrow a connection; give it back with :meth:`putconn`. ``timeout`` and
+        ``fail_fast`` as for :meth:`millpond.Pool.getconn`."""
         if timeout is not None:
-            check_timeout("timeout", timeout)
-        if core.idle and _get_running_loop() is self._loop:
-            rec = core.idle.pop()
+            self._timeout(timeout)
+        if self._leak_timeout is None and not fail_fast:
+            conn = self._lend_idle()
+            if conn is not None:
+                return conn
+        return await self._getconn_slow(timeout, fail_fast, sys._getframe(1))
+
+    # twin: lend-idle
+    def _lend_idle(self) -> Any:
+        """The fast checkout: the most recently returned idle connection, if it is fresh
+        enough to skip its ping. None sends the caller down the slow path."""
+        core = self._core
+        if _get_running_loop() is not self._loop:  # twin: async-only
+            return None  # twin: async-only
+        idle = core.idle
+        if idle:
+            rec = idle.pop()
             now = self._clock()
+            # idle records are always of the current generation: drain() retires them all
             if now - rec.last_used < core.ping_window and now < rec.expires:
                 rec.uses += 1
                 rec.lent_at = now
                 core.lent[rec.key] = rec
-                core.checkouts += 1
                 conn = rec.conn
                 rec.conn = None
-                if self._leak_timeout is not None:
-                    rec.leak_reported = False
-                    rec.borrower = borrower_stack(sys._getframe(1))
                 return conn
-            core.idle.append(rec)
-        return await self._getconn_slow(timeout, sys._getframe(1))
+            idle.append(rec)
+        return None
+    # twin: end
 
-    async def _getconn_slow(self, timeout: float | None, frame: Any) -> Any:
+    async def _getconn_slow(self, timeout: float | None, fail_fast: bool, frame: Any) -> Any:
         loop = _get_running_loop()
         budget = self._timeout(timeout)
         core = self._core
-        if not self._opened or core.closed:
-            raise closed_error(core, self._opened)
-        self._check_loop(loop)
+        if core.started and not core.closed:
+            self._check_loop(loop)
         clock = self._clock
         deadline = time.monotonic() + budget
         retry = False  # after a failed ping: keep our place at the head of the queue
+
+        def make_waiter() -> Waiter:
+            return _AsyncWaiter(loop.create_future())
+
         while True:
-            waiter: _AsyncWaiter | None = None
-            error: PoolError | None = None
-            now = clock()
-            rec = core.take_idle(now)
-            if rec is None:
-                if core.closed:
-                    error = closed_error(core, True)
-                elif core.down() and now < core.retry_at:
-                    error = connect_error(core)
-                elif budget <= 0:
-                    core.timeouts += 1
-                    error = timeout_error(core, budget, now)
-                else:
-                    waiter = _AsyncWaiter(loop.create_future())
-                    try:
-                        core.enqueue(waiter, now, first=retry)
-                    except PoolError as exc:
-                        error = exc
-            self._carry_out_pending()
-            if error is not None:
-                raise error
-            if waiter is not None:
-                rec = await self._wait(waiter, deadline, budget)
-            assert rec is not None
+            try:
+                got = core.admit(clock(), budget, make_waiter, retry, fail_fast)
+            finally:
+                self._carry_out_pending()  # stale idle connections admit retired, if any
+            rec = got if isinstance(got, ConnRecord) else await self._wait(got, deadline, budget)
             conn = rec.conn
             now = clock()
             if now - rec.last_used >= core.ping_window and not await self._ping(
                 rec, conn, now, deadline
             ):
                 if time.monotonic() >= deadline:
-                    core.timeouts += 1
-                    raise timeout_error(core, budget, clock())
+                    raise core.timed_out(budget, clock())
                 retry = True
                 continue
             rec.conn = None
@@ -425,11 +345,11 @@ class AsyncPool:
                 rec.borrower = borrower_stack(frame)
             return conn
 
-    async def _wait(self, waiter: _AsyncWaiter, deadline: float, budget: float) -> ConnRecord:
+    async def _wait(self, waiter: Waiter, deadline: float, budget: float) -> ConnRecord:
+        assert isinstance(waiter, _AsyncWaiter) and self._loop is not None
         core = self._core
-        assert self._loop is not None
         handle = None
-        if deadline != math.inf:
+        if deadline != float("inf"):
             left = deadline - time.monotonic()
             handle = self._loop.call_later(max(left, 0.0), self._expire, waiter, budget)
         try:
@@ -437,8 +357,7 @@ class AsyncPool:
         except asyncio.CancelledError:
             # cancelled while queued, or after being handed a connection but before resuming:
             # withdraw, or pass the connection on — never keep or lose it
-            if not core.cancel(waiter) and waiter.rec is not None:
-                core.decline(waiter, self._clock())
+            core.withdraw(waiter, self._clock())
             self._carry_out_pending()
             raise
         finally:
@@ -451,16 +370,12 @@ class AsyncPool:
         return rec
 
     def _expire(self, waiter: _AsyncWaiter, budget: float) -> None:
-        """The deadline of a queued waiter: withdraw it and fail its future (atomic on the
-        loop, so it cannot race with a hand-off)."""
-        if waiter.fut.done() or not self._core.cancel(waiter):
+        """The deadline of a queued waiter (atomic on the loop: it cannot race a hand-off)."""
+        if waiter.fut.done():
             return
-        core = self._core
-        core.timeouts += 1
-        if core.failures:
-            waiter.fut.set_exception(connect_error(core))
-        else:
-            waiter.fut.set_exception(timeout_error(core, budget, self._clock()))
+        error = self._core.expire(waiter, budget, self._clock())
+        if error is not None:
+            waiter.fut.set_exception(error)
 
     async def _ping(self, rec: ConnRecord, conn: Any, now: float, deadline: float) -> bool:
         """Validate a connection within what is left of the caller's deadline (a ping that
@@ -477,20 +392,13 @@ class AsyncPool:
             self._carry_out_pending()
             raise
         except Exception as exc:  # a timeout included
-            log.info(
-                "pool %r: discarding a connection that failed its ping: %s",
-                self.name,
-                adapter.redact(str(exc)) or type(exc).__name__,
-            )
-            core.pings += 1
-            core.ping_failures += 1
+            self._log_ping_failed(exc)
             with contextlib.suppress(Exception):
                 adapter.terminate(conn)  # it may be mid-protocol after a timeout
-            core.discard(rec, "ping_failed", now)
+            core.ping_done(rec, False, now)
             self._carry_out_pending()
             return False
-        core.pings += 1
-        rec.last_used = now
+        core.ping_done(rec, True, now)
         return True
 
     # -- return ----------------------------------------------------------------------------
@@ -498,46 +406,74 @@ class AsyncPool:
     async def putconn(
         self, conn: Any, discard: bool = False, _error: BaseException | None = None
     ) -> None:
-        """Give back a connection from :meth:`getconn`; ``discard=True`` closes it instead."""
+        """Give back a connection from :meth:`getconn`; ``discard=True`` closes it instead.
+        A connection returned twice, or to another pool, raises ``ForeignConnection``."""
+        if discard or _error is not None or self._reset_always or not self._return_idle(conn):
+            await self._return_slow(conn, discard, _error)
+
+    # twin: return-idle
+    def _return_idle(self, conn: Any) -> bool:
+        """The fast return: a connection of ours, with no transaction open and its
+        autocommit as the pool left it, goes straight back idle. False: take the slow path
+        (it decides whether the connection is foreign, needs a reset or must close)."""
         core = self._core
         rec = core.lent.get(id(conn))
+        # ids are reused after a garbage collection: make sure it is the very object we lent
         if (
             rec is None
             or rec.resetting
-            or (rec.pin is not conn and (rec.ref is None or rec.ref() is not conn))
+            or not (rec.pin is conn or (rec.ref is not None and rec.ref() is conn))
+            or self._status(conn)
+            or (rec.autocommit is not None and self._get_autocommit(conn) != rec.autocommit)
         ):
+            return False
+        if _get_running_loop() is not self._loop:  # twin: async-only
+            return False  # twin: async-only
+        now = self._clock()
+        # drain() and close() expire lent records, so this one test covers them too
+        if (
+            not rec.resetting
+            and now < rec.expires
+            and not core.waiters
+            and rec.uses != core.max_uses
+            and len(core.idle) + len(core.lent) <= core.max_size
+            and core.lent.pop(rec.key, None) is rec
+        ):
+            rec.conn = conn
+            rec.last_used = now
+            core.idle.append(rec)
+            if rec.leak_reported:
+                self._log_leak_returned(rec, now)
+            return True
+        return False
+    # twin: end
+
+    async def _return_slow(self, conn: Any, discard: bool, error: BaseException | None) -> None:
+        """A return that needs I/O (a rollback, a reset) or closes the connection."""
+        core = self._core
+        adapter = self._adapter
+        rec = core.lent.get(id(conn))
+        if rec is None or rec.resetting or not rec.owns(conn):
             raise foreign_error(core, conn)
-        if _get_running_loop() is not self._loop:
-            self._check_loop(_get_running_loop())
-        reason: str | None = None
-        if discard:
-            reason = "discarded"
-        elif _error is not None and self._adapter.is_disconnect(_error, conn):
-            reason = "broken"
-            self._adapter.terminate(conn)
-        elif isinstance(_error, _CUT_OFF):
+        self._check_loop(_get_running_loop())
+        if not discard and isinstance(error, _CUT_OFF) and not adapter.is_disconnect(error, conn):
             # a query cut off by a cancellation or timeout can leave the connection
             # mid-protocol (an unread reply): drop it rather than trust a rollback. The slot
             # stays counted (and claimed) until the driver has let go of it.
-            rec.resetting = True
+            core.claim(rec, conn)
             self._spawn(self._abandon(rec, conn))
             return
-        else:
-            status = self._status(conn)
-            ac = rec.autocommit
-            if (
-                status
-                or self._reset_always
-                or (ac is not None and self._adapter.get_autocommit(conn) != ac)
-            ):
-                # the reset runs in its own task, so a cancellation of the caller cannot cut
-                # it off halfway; the caller still sees the cancellation. The claim makes a
-                # second return of the same connection fail instead of resetting it again.
-                rec.resetting = True
-                task = self._spawn(self._reset_then_checkin(rec, conn, status))
-                await asyncio.shield(task)
-                return
-        self._checkin(rec, conn, reason)
+        steps, reason = self._return_steps(rec, conn, discard, error)
+        core.claim(rec, conn)
+        if steps:
+            # the reset runs in its own task, so a cancellation of the caller cannot cut it
+            # off halfway; the caller still sees the cancellation
+            core.reset_begun(steps)
+            await asyncio.shield(self._spawn(self._reset_then_return(rec, conn, steps)))
+            return
+        if reason == "broken":
+            adapter.terminate(conn)
+        self._finish_return(rec, conn, reason)
 
     async def _abandon(self, rec: ConnRecord, conn: Any) -> None:
         adapter = self._adapter
@@ -546,82 +482,52 @@ class AsyncPool:
         except BaseException:
             with contextlib.suppress(Exception):
                 adapter.terminate(conn)
-        rec.resetting = False
-        self._checkin(rec, conn, "cancelled")
+        self._finish_return(rec, conn, "cancelled")
 
-    async def _reset_then_checkin(self, rec: ConnRecord, conn: Any, status: TxStatus) -> None:
+    async def _reset_then_return(self, rec: ConnRecord, conn: Any, steps: tuple[Step, ...]) -> None:
         reason: str | None = None
-        adapter = self._adapter
         try:
-            reason = await _bounded(self._reset_session(rec, conn, status), RESET_TIMEOUT)
-        except (TimeoutError, asyncio.TimeoutError):
+            await _bounded(self._run_steps(rec, conn, steps), RESET_TIMEOUT)
+        except TimeoutError:
             reason = "reset_timeout"
         except asyncio.CancelledError:
             reason = "cancelled"
+        except NotImplementedError:
+            reason = "reset_by_reconnect"
         except Exception as exc:
-            reason = "broken" if adapter.is_disconnect(exc, conn) else "reset_failed"
-            self._core.reset_failures += 1
+            reason = self._reset_failure(exc, conn)
         if reason is not None:
             with contextlib.suppress(Exception):
-                adapter.terminate(conn)
-        rec.resetting = False
-        self._checkin(rec, conn, reason)
+                self._adapter.terminate(conn)
+        self._finish_return(rec, conn, reason)
 
-    async def _reset_session(self, rec: ConnRecord, conn: Any, status: TxStatus) -> str | None:
-        if status is TxStatus.BROKEN:
-            return "broken"
+    async def _run_steps(self, rec: ConnRecord, conn: Any, steps: tuple[Step, ...]) -> None:
         adapter = self._adapter
-        policy = self._reset
-        if policy is not None:
-            self._core.resets += 1
-            if policy == "rollback":
+        for step in steps:
+            if step is Step.ROLLBACK:
                 await adapter.rollback(conn)
-            elif policy == "full":
-                try:
-                    await adapter.full_reset(conn)
-                except NotImplementedError:
-                    return "reset_by_reconnect"
-                # a pristine session has lost what configure= set up: set it up again
-                await self._setup(conn)
-            else:
-                if status:
-                    await adapter.rollback(conn)
+            elif step is Step.FULL_RESET:
+                await adapter.full_reset(conn)
+            elif step is Step.CONFIGURE:
+                await self._configure(conn)
+            elif step is Step.CALLBACK:
+                policy = self._reset
                 assert callable(policy)
                 result: Any = policy(conn)
                 if hasattr(result, "__await__"):
                     await result
-        ac = rec.autocommit
-        if ac is not None and adapter.get_autocommit(conn) != ac:
-            await adapter.set_autocommit(conn, ac)
-        return None
+            elif rec.autocommit is not None and adapter.get_autocommit(conn) != rec.autocommit:
+                await adapter.set_autocommit(conn, rec.autocommit)
 
-    def _checkin(self, rec: ConnRecord, conn: Any, reason: str | None) -> None:
+    def _finish_return(self, rec: ConnRecord, conn: Any, reason: str | None) -> None:
         core = self._core
-        if core.lent.pop(rec.key, None) is not rec:
-            raise foreign_error(core, conn)
-        rec.conn = conn
         now = self._clock()
-        if (
-            reason is None
-            and now < rec.expires
-            and not core.waiters
-            and rec.uses != core.max_uses
-            and len(core.idle) + len(core.lent) < core.max_size
-        ):
-            rec.last_used = now
-            core.idle.append(rec)
-        else:
-            core.checkin(rec, now, reason)
-            if core.closed and self._returned is not None:
-                self._returned.set()
-            self._carry_out_pending()
+        core.returned(rec, conn, reason, now)
+        if core.closed:
+            self._notify()
+        self._carry_out_pending()
         if rec.leak_reported:
-            log.warning(
-                "pool %r: a leaked connection came back after %.1fs (borrowed at %s)",
-                self.name,
-                now - rec.lent_at,
-                first_line(rec.borrower),
-            )
+            self._log_leak_returned(rec, now)
 
     # -- background work -------------------------------------------------------------------
 
@@ -646,15 +552,7 @@ class AsyncPool:
             self._spawn(self._keepalive_ping(rec))
         for rec, reason in plan.closes:
             self._spawn(self._close_one(rec, reason))
-        for rec in plan.leaks:
-            log.warning(
-                "pool %r: a connection has been held for %.1fs (leak_timeout=%gs); "
-                "borrowed at:\n%s",
-                self.name,
-                self._clock() - rec.lent_at,
-                self._leak_timeout,
-                format_stack(rec.borrower),
-            )
+        self._log_plan(plan)
 
     async def _open_one(self) -> None:
         core = self._core
@@ -671,14 +569,14 @@ class AsyncPool:
             except asyncio.CancelledError:
                 if conn is not None:
                     adapter.terminate(conn)
-                core.opening -= 1
+                core.open_cancelled(self._clock())
+                self._carry_out_pending()
                 raise
             except Exception as exc:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         adapter.terminate(conn)
-                failure = connect_failure(core, adapter.description, exc, adapter.redact, adapter.secrets)
-                core.open_failed(failure, self._clock())
+                core.open_failed(self._connect_failure(exc), self._clock())
                 self._carry_out_pending()
                 self._notify()
                 return
@@ -690,34 +588,34 @@ class AsyncPool:
 
     async def _keepalive_ping(self, rec: ConnRecord) -> None:
         adapter = self._adapter
+        core = self._core
+        ok = False
         try:
             await _bounded(adapter.ping(rec.conn), self._config.ping_timeout)
             ok = True
         except asyncio.CancelledError:
             adapter.terminate(rec.conn)
-            self._core.pinged(rec, False, self._clock())
+            core.pinged(rec, False, self._clock())
             self._carry_out_pending()
             raise
         except Exception as exc:  # a timeout included: an unanswered ping means dead
-            ok = False
-            log.info("pool %r: an idle connection failed its keepalive ping: %s", self.name,
-                     adapter.redact(str(exc)))
+            self._log_ping_failed(exc, keepalive=True)
             with contextlib.suppress(Exception):
                 adapter.terminate(rec.conn)
-        core = self._core
-        core.pings += 1
-        if not ok:
-            core.ping_failures += 1
         core.pinged(rec, ok, self._clock())
         self._carry_out_pending()
 
     def _notify(self) -> None:
-        if self._returned is not None:
-            self._returned.set()
+        if self._changed is not None:
+            self._changed.set()
         if self._kick is not None:
             self._kick.set()  # the housekeeper schedules retries after a failure
 
     async def _setup(self, conn: Any) -> bool | None:
+        await self._configure(conn)
+        return self._adapter.get_autocommit(conn)
+
+    async def _configure(self, conn: Any) -> None:
         configure = self._config.configure
         if configure is not None:
             result: Any = configure(conn)
@@ -725,24 +623,6 @@ class AsyncPool:
                 await result
             if self._adapter.status(conn):
                 await self._adapter.commit(conn)
-        return self._adapter.get_autocommit(conn)
-
-    def _watch(self, rec: ConnRecord, conn: Any) -> None:
-        queue = self._gc_queue
-        loop = self._loop
-        kick = self._kick
-
-        def collected(_ref: weakref.ref[Any], rec: ConnRecord = rec) -> None:
-            # may run inside the garbage collector, on any thread: no I/O, no loop state
-            queue.put(rec)
-            if loop is not None and kick is not None:
-                with contextlib.suppress(RuntimeError):  # the loop is closed
-                    loop.call_soon_threadsafe(kick.set)
-
-        try:
-            rec.ref = weakref.ref(conn, collected)
-        except TypeError:
-            rec.pin = conn
 
     async def _close_one(self, rec: ConnRecord, reason: str) -> None:
         conn = rec.conn if rec.conn is not None else rec.pin
@@ -757,25 +637,13 @@ class AsyncPool:
                 adapter.terminate(conn)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            log.debug("pool %r: closing a connection (%s) failed: %s", self.name, reason, exc)
+            self._log_close_failed(reason, exc)
 
     def _housekeep(self) -> float:
         core = self._core
         now = self._clock()
-        while True:
-            try:
-                rec = self._gc_queue.get_nowait()
-            except Empty:
-                break
-            if core.collected(rec, now):
-                log.warning(
-                    "pool %r: a connection was garbage-collected without being returned; "
-                    "its slot is recovered. Borrowed at: %s",
-                    self.name,
-                    first_line(rec.borrower)
-                    if rec.borrower
-                    else "unknown (set leak_timeout to record where)",
-                )
+        if self._collect_garbage(now):
+            self._notify()  # a close() may be waiting for it
         delay = core.maintain(now) if not core.closed else 3600.0
         self._carry_out_pending()
         return delay
@@ -787,20 +655,22 @@ class AsyncPool:
     # -- administration --------------------------------------------------------------------
 
     def stats(self) -> PoolStats:
+        """A frozen snapshot: gauges (size, idle, in_use, waiting, opening) and counters."""
         return self._core.stats()
 
     async def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
+        """Change the bounds. Surplus idle connections close at once, surplus lent ones on
+        return; a larger ``min_size`` is filled in the background."""
         self._check_loop(_get_running_loop())
         self._core.resize(min_size, max_size, self._clock())
         self._config = self._core.config
         self._carry_out_pending()
 
     async def drain(self) -> None:
+        """Replace every connection: idle ones now, lent ones when they come back."""
         self._check_loop(_get_running_loop())
         self._core.drain(self._clock())
         self._carry_out_pending()
-
-    # -- helpers ---------------------------------------------------------------------------
 
     def _check_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is None:
@@ -811,19 +681,16 @@ class AsyncPool:
                 f"used from another loop ({loop!r}); open one pool per event loop"
             )
 
-    def _timeout(self, timeout: float | None) -> float:
-        if timeout is None:
-            return self._default_timeout
-        return check_timeout("timeout", timeout)
 
-    def __repr__(self) -> str:
-        core = self._core
-        state = "closed" if core.closed else "open"
-        return (
-            f"<millpond.AsyncPool {self.name!r} {self._adapter.name} "
-            f"{self._adapter.description} {state} size={core.size} idle={len(core.idle)} "
-            f"in_use={len(core.lent)} max_size={core.max_size}>"
-        )
+def _thread_safe_kick(loop: asyncio.AbstractEventLoop, kick: asyncio.Event) -> Callable[[], None]:
+    """Wake the housekeeper from a weakref callback: any thread, maybe inside the garbage
+    collector, so only a thread-safe call onto the loop."""
+
+    def notify() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(kick.set)
+
+    return notify
 
 
 async def _housekeep_loop(ref: weakref.ref[AsyncPool], kick: asyncio.Event) -> None:
@@ -840,20 +707,5 @@ async def _housekeep_loop(ref: weakref.ref[AsyncPool], kick: asyncio.Event) -> N
             delay = 1.0
         del pool
         kick.clear()
-        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+        with contextlib.suppress(TimeoutError):
             await _bounded(kick.wait(), delay)
-
-
-def _resolve(
-    target: Any, connect_kwargs: Mapping[str, Any] | None, server_pooler: str | None = None
-) -> AsyncAdapter:
-    if isinstance(target, AsyncAdapter):
-        if connect_kwargs:
-            raise ConfigError("connect_kwargs cannot be combined with a driver adapter instance")
-        return target
-    from millpond.drivers.async_url import resolve_async
-
-    adapter: AsyncAdapter = resolve_async(
-        target, dict(connect_kwargs) if connect_kwargs else None, server_pooler=server_pooler
-    )
-    return adapter

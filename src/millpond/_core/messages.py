@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from millpond._core.state import PoolCore
 from millpond.errors import ConnectError, ForeignConnection, PoolClosed, PoolError, PoolTimeout
+
+if TYPE_CHECKING:
+    from millpond._core.record import ConnRecord
+    from millpond._core.state import PoolCore
 
 __all__ = [
     "borrower_stack",
@@ -18,12 +22,22 @@ __all__ = [
     "foreign_error",
     "format_stack",
     "fresh_error",
+    "garbage_collected",
+    "leak_held",
+    "leak_returned",
+    "min_size_timeout",
     "timeout_error",
 ]
+
+#: frames of millpond itself (shells, compat layers, integrations) are not "where it was
+#: borrowed": the stack starts at the first frame of the caller's own code
+_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def borrower_stack(frame: Any) -> traceback.StackSummary:
     """Where a connection was borrowed. Source lines are read only when the stack is shown."""
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_DIR):
+        frame = frame.f_back
     return traceback.StackSummary.extract(traceback.walk_stack(frame), limit=12, lookup_lines=False)
 
 
@@ -113,3 +127,32 @@ def fresh_error(error: BaseException) -> BaseException:
         return error
     copy.__cause__ = error.__cause__
     return copy
+
+
+def min_size_timeout(core: PoolCore, budget: float) -> PoolTimeout:
+    return PoolTimeout(
+        f"pool {core.name!r}: {core.size} of min_size={core.min_size} connections open "
+        f"after {budget:g}s"
+    )
+
+
+def leak_held(core: PoolCore, rec: ConnRecord, now: float) -> str:
+    return (
+        f"pool {core.name!r}: a connection has been held for {now - rec.lent_at:.1f}s "
+        f"(leak_timeout={core.leak_timeout:g}s); borrowed at:\n{format_stack(rec.borrower)}"
+    )
+
+
+def leak_returned(core: PoolCore, rec: ConnRecord, now: float) -> str:
+    return (
+        f"pool {core.name!r}: a leaked connection came back after {now - rec.lent_at:.1f}s "
+        f"(borrowed at {first_line(rec.borrower)})"
+    )
+
+
+def garbage_collected(core: PoolCore, rec: ConnRecord) -> str:
+    where = first_line(rec.borrower) if rec.borrower else "unknown (set leak_timeout to record where)"
+    return (
+        f"pool {core.name!r}: a connection was garbage-collected without being returned; "
+        f"its slot is recovered. Borrowed at: {where}"
+    )

@@ -64,11 +64,13 @@ class ConnRecord:
 class Waiter:
     """A caller queued for a connection. Shells subclass it with their wake-up primitive."""
 
-    __slots__ = ("error", "rec")
+    __slots__ = ("error", "fail_fast", "rec")
 
     def __init__(self) -> None:
         self.rec: ConnRecord | None = None
         self.error: BaseException | None = None
+        #: fail on the next failed connect, even while a return could still serve it
+        self.fail_fast = False
 
     def wake(self) -> None:  # pragma: no cover - shells override
         raise NotImplementedError

@@ -18,12 +18,15 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from millpond._config import PoolConfig
+from millpond._core import messages
 from millpond._core.record import ConnRecord, Plan, Waiter
+from millpond._core.reset import RESETTING, Step
 from millpond._core.stats import PoolStats
-from millpond.errors import PoolClosed, TooManyWaiters
+from millpond.errors import ForeignConnection, PoolClosed, PoolError, TooManyWaiters
 
 __all__ = ["PoolCore"]
 
@@ -45,10 +48,13 @@ class PoolCore:
         self.waiters: deque[Waiter] = deque()
         self.opening = 0
         self.gen = 0
-        self.closed = False
+        # a pool is born closed; start() opens it, once
+        self.started = False
+        self.closed = True
         self.plan = Plan()
-        # counters (the hot path bumps ``checkouts`` directly)
-        self.checkouts = 0
+        # counters. Checkouts are derived (see ``checkouts``): the hot path only bumps the
+        # record's own ``uses``, and this keeps what retired records had
+        self.retired_uses = 0
         self.waits = 0
         self.timeouts = 0
         self.shed = 0
@@ -86,6 +92,24 @@ class PoolCore:
     def size(self) -> int:
         return len(self.idle) + len(self.lent)
 
+    @property
+    def checkouts(self) -> int:
+        live = sum(r.uses for r in self.idle) + sum(r.uses for r in self.lent.values())
+        return self.retired_uses + live
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, now: float) -> bool:
+        """Open the pool and plan its first connects. False if it is already open."""
+        if self.started:
+            if self.closed:
+                raise PoolClosed(f"pool {self.name!r} was closed and cannot be opened again")
+            return False
+        self.started = True
+        self.closed = False
+        self._grow(now)
+        return True
+
     # -- records ---------------------------------------------------------------------------
 
     def new_record(self, conn: Any, now: float) -> ConnRecord:
@@ -100,7 +124,6 @@ class PoolCore:
         rec.uses += 1
         rec.lent_at = now
         self.lent[rec.key] = rec
-        self.checkouts += 1
 
     def fresh(self, rec: ConnRecord, now: float) -> bool:
         """May this idle record be lent as it is (not expired, not from a drained generation)?"""
@@ -109,6 +132,8 @@ class PoolCore:
     def retire(self, rec: ConnRecord, reason: str) -> None:
         """Schedule a connection the pool no longer holds anywhere for closing."""
         rec.ref = None  # closing on purpose: the GC watch must not fire
+        self.retired_uses += rec.uses
+        rec.uses = 0
         self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
         self.plan.closes.append((rec, reason))
 
@@ -117,6 +142,8 @@ class PoolCore:
         rec.ref = None
         rec.conn = None
         rec.pin = None
+        self.retired_uses += rec.uses
+        rec.uses = 0
         self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
 
     # -- checkout --------------------------------------------------------------------------
@@ -133,6 +160,61 @@ class PoolCore:
         if self.plan.closes:
             self._grow(now)
         return None
+
+    def admit(
+        self,
+        now: float,
+        budget: float,
+        make_waiter: Callable[[], Waiter],
+        first: bool = False,
+        fail_fast: bool = False,
+    ) -> ConnRecord | Waiter:
+        """A checkout that missed the fast path: an idle connection now, or a queued waiter.
+        Raises what the caller must see instead (closed, unreachable, no time to wait, queue
+        full). ``first``: keep the head of the queue (its connection failed validation)."""
+        rec = self.take_idle(now)
+        if rec is not None:
+            return rec
+        if self.closed:
+            raise messages.closed_error(self, self.started)
+        if budget <= 0:
+            if self.unreachable():
+                raise messages.connect_error(self)
+            self.timeouts += 1
+            raise messages.timeout_error(self, budget, now)
+        # a caller that can only be served by a connect (the server looked unreachable, or
+        # it asked to fail fast) gets a fresh attempt rather than the last error replayed:
+        # the cause may be fixed by now. One probe at a time, so a storm of callers shares
+        # one connect's outcome instead of hammering a dead server.
+        probe = (fail_fast or self.unreachable()) and self.opening == 0
+        waiter = make_waiter()
+        waiter.fail_fast = fail_fast
+        self.enqueue(waiter, now, first)
+        if probe and self.opening == 0 and self.size < self.cap and not self.closed:
+            self.opening += 1
+            self.plan.opens += 1
+        return waiter
+
+    def expire(self, waiter: Waiter, budget: float, now: float) -> PoolError | None:
+        """A waiter's deadline passed: withdraw it and say what it raises. None if it was
+        served (or failed) at that very moment and must take what it was handed."""
+        if not self.cancel(waiter):
+            return None
+        return self.timed_out(budget, now)
+
+    def timed_out(self, budget: float, now: float) -> PoolError:
+        """Count a caller whose deadline ran out; a busy pool and an unreachable server are
+        told apart."""
+        self.timeouts += 1
+        if self.failures:
+            return messages.connect_error(self)
+        return messages.timeout_error(self, budget, now)
+
+    def withdraw(self, waiter: Waiter, now: float) -> None:
+        """A waiter was interrupted (cancelled, a signal): leave the queue, or pass on a
+        connection handed to it meanwhile, so no slot is lost."""
+        if not self.cancel(waiter) and waiter.rec is not None:
+            self.decline(waiter, now)
 
     def enqueue(self, waiter: Waiter, now: float, first: bool = False) -> None:
         """Queue a caller; raises if the pool is closed or the queue is full. ``first``: the
@@ -172,7 +254,6 @@ class PoolCore:
         waiter.rec = None
         if rec is not None:
             self.lent.pop(rec.key, None)
-            self.checkouts -= 1
             rec.uses -= 1
             self._place(rec, now)
 
@@ -203,6 +284,11 @@ class PoolCore:
             return False
         return True
 
+    def open_cancelled(self, now: float) -> None:
+        """A connect was cut off (cancelled, interrupted) before it finished."""
+        self.opening -= 1
+        self._grow(now)
+
     def opened(self, conn: Any, now: float) -> ConnRecord:
         self.opening -= 1
         self.connects += 1
@@ -231,15 +317,44 @@ class PoolCore:
         self.last_error_at = now
         delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self.failures - 1, 16))
         self.retry_at = now + delay * (0.5 + 0.5 * self.rng.random())
-        if self.opening == 0 and not self.can_serve_without_connect():
-            while self.waiters:
-                w = self.waiters.popleft()
-                w.error = error
-                self.plan.wakes.append(w)
+        hopeless = self.opening == 0 and not self.can_serve_without_connect()
+        if hopeless or any(w.fail_fast for w in self.waiters):
+            keep: deque[Waiter] = deque()
+            for w in self.waiters:
+                if hopeless or w.fail_fast:
+                    w.error = error
+                    self.plan.wakes.append(w)
+                else:
+                    keep.append(w)
+            self.waiters = keep
 
-    def down(self) -> bool:
-        """The last connects failed and there is nothing to lend or wait for."""
+    def unreachable(self) -> bool:
+        """The last connects failed and nothing is lent or idle that a return could bring:
+        a caller would wait for a connect only."""
         return self.failures > 0 and self.opening == 0 and not self.can_serve_without_connect()
+
+    def min_size_reached(self) -> bool:
+        """For ``open(wait=True)``: True once ``min_size`` connections are open; raises if
+        the pool closed or the last connect failed (the server refuses or is unreachable)."""
+        if self.size >= self.min_size:
+            return True
+        if self.closed:
+            raise messages.closed_error(self, True)
+        if self.failures:
+            raise messages.connect_error(self)
+        return False
+
+    # -- validation ------------------------------------------------------------------------
+
+    def ping_done(self, rec: ConnRecord, ok: bool, now: float, reason: str = "ping_failed") -> None:
+        """A checkout's validation ping finished: a good connection counts as just used, a bad
+        one is discarded (``reason``) and replaced if needed."""
+        self.pings += 1
+        if ok:
+            rec.last_used = now
+            return
+        self.ping_failures += 1
+        self.discard(rec, reason, now)
 
     # -- return ----------------------------------------------------------------------------
 
@@ -264,6 +379,28 @@ class PoolCore:
             self._grow(now)
         else:
             self._place(rec, now)
+
+    def claim(self, rec: ConnRecord, conn: Any) -> None:
+        """A return that needs I/O (a reset, a close) claims the record first, so a second
+        return of the same connection fails instead of resetting it concurrently."""
+        if rec.resetting or self.lent.get(rec.key) is not rec:
+            raise messages.foreign_error(self, conn)
+        rec.resetting = True
+
+    def returned(self, rec: ConnRecord, conn: Any, reason: str | None, now: float) -> None:
+        """A claimed return is done: the connection goes back (or is closed for ``reason``)."""
+        rec.resetting = False
+        if self.lent.pop(rec.key, None) is not rec:
+            raise ForeignConnection(f"pool {self.name!r}: this connection is not lent by this pool")
+        rec.conn = conn
+        self.checkin(rec, now, reason)
+
+    def reset_begun(self, steps: tuple[Step, ...]) -> None:
+        if RESETTING.intersection(steps):
+            self.resets += 1
+
+    def reset_failed(self) -> None:
+        self.reset_failures += 1
 
     def discard(self, rec: ConnRecord, reason: str, now: float) -> None:
         """Close a lent connection (failed ping, broken) and plan a replacement if needed."""
@@ -361,6 +498,9 @@ class PoolCore:
 
     def pinged(self, rec: ConnRecord, ok: bool, now: float) -> None:
         """The housekeeper's background ping of an idle connection is done."""
+        self.pings += 1
+        if not ok:
+            self.ping_failures += 1
         if self.lent.get(rec.key) is not rec:
             return
         del self.lent[rec.key]
@@ -392,7 +532,13 @@ class PoolCore:
             self.retire(self.idle.popleft(), "drained")
         self._grow(now)
 
-    def close(self, error: BaseException) -> None:
+    def close(self, error: BaseException) -> bool:
+        """Close for good: waiters fail with ``error``, idle connections close now, lent ones
+        when they come back. False if it was closed already (a pool never opened cannot be
+        opened after this)."""
+        if self.closed:
+            self.started = True
+            return False
         self.closed = True
         self._expire_lent()
         while self.idle:
@@ -401,6 +547,7 @@ class PoolCore:
             w = self.waiters.popleft()
             w.error = error
             self.plan.wakes.append(w)
+        return True
 
     def after_fork(self) -> list[Any]:
         """In a forked child: forget every inherited connection without closing it (its socket

@@ -273,7 +273,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 @dataclass
-class Plan:
+class ModePlan:
     modes: list[Mode]
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
@@ -291,13 +291,13 @@ def _uses(mode: Mode, driver: str) -> bool:
     return mode.drivers is None or driver in mode.drivers
 
 
-def plan_modes(asyncio_url: bool, driver: str, requested: Sequence[str] | None) -> Plan:
+def plan_modes(asyncio_url: bool, driver: str, requested: Sequence[str] | None) -> ModePlan:
     """The modes that run for this target, and the peers for its database that cannot (with
     what would bring them). A mode named in ``--modes`` that cannot run is an error instead."""
     database = database_of(driver)
     mine = ASYNC_MODES if asyncio_url else SYNC_MODES
     other = SYNC_MODES if asyncio_url else ASYNC_MODES
-    plan = Plan([])
+    plan = ModePlan([])
     reasons: dict[str, str] = {}
     for mode in mine:
         if mode.database is not None and mode.database != database:
@@ -332,7 +332,7 @@ def plan_modes(asyncio_url: bool, driver: str, requested: Sequence[str] | None) 
             why = reasons.get(key, "it does not apply to this URL")
             raise BenchError(f"--modes {key}: {label} cannot run here: {why}", EXIT_USAGE)
     order = {key: i for i, key in enumerate(requested)}
-    return Plan(sorted((m for m in plan.modes if m.key in order), key=lambda m: order[m.key]))
+    return ModePlan(sorted((m for m in plan.modes if m.key in order), key=lambda m: order[m.key]))
 
 
 # -- before the runs -----------------------------------------------------------------------------
@@ -720,7 +720,7 @@ def _report(
     workload: Workload,
     args: argparse.Namespace,
     sizes: list[int],
-    plan: Plan,
+    plan: ModePlan,
     server: ServerInfo | None,
 ) -> dict[str, Any]:
     adapter = target.sync_adapter or target.async_adapter

@@ -113,6 +113,7 @@ class _FakeSwitches:
         self.fail_ping: set[int] = set()
         self.fail_reset: set[int] = set()
         self.hang_ping: set[int] = set()  # sync: these pings block until interrupted
+        self.fail_close: BaseException | None = None  # every close raises this while set
         self.on_connect: Callable[[], None] | None = None
 
     def _make(self) -> FakeConnection:
@@ -148,6 +149,7 @@ class FakeDriver(_FakeSwitches, SyncAdapter):
 
     ``fail_connect``: an exception every connect raises while set.
     ``fail_ping`` / ``fail_reset``: connections whose ``number`` is in the set fail that step.
+    ``fail_close``: an exception every close raises (after closing) while set.
     ``on_connect``: called before each connect (tests use it to block or count).
     """
 
@@ -167,6 +169,11 @@ class FakeDriver(_FakeSwitches, SyncAdapter):
             raise FakeDisconnect("connection interrupted")
         if conn.number in self.fail_ping:
             raise FakeDisconnect("ping failed")
+
+    def close(self, conn: Any) -> None:
+        conn.close()
+        if self.fail_close is not None:
+            raise self.fail_close
 
     def interrupt(self, conn: Any) -> bool:
         conn.broken = True
@@ -225,6 +232,8 @@ class AsyncFakeDriver(_FakeSwitches, AsyncAdapter):
     async def close(self, conn: Any) -> None:
         await self._gate("close")
         conn.close()
+        if self.fail_close is not None:
+            raise self.fail_close
 
     def terminate(self, conn: Any) -> None:
         self.terminated.append(conn)
