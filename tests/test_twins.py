@@ -9,13 +9,20 @@ import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "millpond"
-SYNC = SRC / "_sync" / "pool.py"
-ASYNC = SRC / "_async" / "pool.py"
+SYNC = [SRC / "_sync" / "pool.py", SRC / "_sync" / "borrowed.py"]
+ASYNC = [SRC / "_async" / "pool.py", SRC / "_async" / "borrowed.py"]
 
 _START = re.compile(r"^\s*# twin: (?P<name>[\w-]+)\s*$")
 
 
-def regions(path: Path) -> dict[str, list[str]]:
+def regions(paths: list[Path]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for path in paths:
+        found.update(file_regions(path))
+    return found
+
+
+def file_regions(path: Path) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in path.read_text().splitlines():
@@ -40,6 +47,7 @@ def normalized(lines: list[str], kind: str) -> list[str]:
         if kind == "sync" and re.search(r"\block\b|\block\.(acquire|release)\(", line):
             continue
         line = re.sub(r"\bawait |\basync ", "", line).rstrip()
+        line = line.replace("__aenter__", "__enter__").replace("__aexit__", "__exit__")
         if line:
             out.append(line)
     return out
@@ -48,7 +56,7 @@ def normalized(lines: list[str], kind: str) -> list[str]:
 def test_every_twin_region_exists_in_both_shells() -> None:
     sync, async_ = regions(SYNC), regions(ASYNC)
     assert set(sync) == set(async_), (sorted(sync), sorted(async_))
-    assert {"lend-idle", "return-idle"} <= set(sync)
+    assert {"borrow", "getconn", "lend-idle", "putconn", "return-idle"} <= set(sync)
 
 
 def test_the_twins_say_the_same_thing() -> None:

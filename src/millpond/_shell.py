@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from millpond._config import PoolConfig, ResetPolicy, check_timeout, server_pooler_reset
 from millpond._core import messages
-from millpond._core.record import ConnRecord, Plan
+from millpond._core.record import ConnRecord, Plan, Waiter
 from millpond._core.reset import Step, reset_steps
 from millpond._core.state import PoolCore
 from millpond.drivers.base import TxStatus
@@ -193,6 +193,25 @@ class PoolBase:
             configure=self._config.configure is not None,
         )
 
+    def _hand_over(self, rec: ConnRecord, frame: Any) -> Any:
+        """The last step of a slow checkout: the connection leaves the record, and with
+        leak tracking on, the record learns where it was borrowed."""
+        conn = rec.conn
+        rec.conn = None
+        if self._leak_timeout is not None:
+            rec.leak_reported = False
+            rec.borrower = messages.borrower_stack(frame)
+        return conn
+
+    @staticmethod
+    def _served(waiter: Waiter) -> ConnRecord:
+        """What a woken waiter was handed, or the error it was failed with (its own copy)."""
+        if waiter.error is not None:
+            raise messages.fresh_error(waiter.error)
+        rec = waiter.rec
+        assert rec is not None
+        return rec
+
     def _reset_failure(self, exc: BaseException, conn: Any) -> str:
         """Why a connection whose reset raised ``exc`` is closed; counts the failure."""
         self._core.reset_failed()
@@ -253,6 +272,13 @@ class PoolBase:
             "discarding a connection that failed its ping"
         )
         log.info("pool %r: %s: %s", self.name, what, self._text(exc))
+
+    def _log_closed_in_use(self) -> None:
+        log.warning(
+            "pool %r closed with %d connection(s) still in use; they are closed when returned",
+            self.name,
+            len(self._core.lent),
+        )
 
     def _log_close_failed(self, reason: str, exc: BaseException) -> None:
         log.debug(

@@ -15,17 +15,12 @@ import itertools
 import sys
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
-from types import TracebackType
+from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, ClassVar
 
-from millpond._core.messages import (
-    borrower_stack,
-    closed_error,
-    foreign_error,
-    fresh_error,
-    min_size_timeout,
-)
+from millpond._async.borrowed import CUT_OFF, RESET_TIMEOUT, Borrowed, Transaction, bounded
+from millpond._async.housekeeper import housekeep_loop, thread_safe_kick
+from millpond._core.messages import closed_error, foreign_error, min_size_timeout
 from millpond._core.record import ConnRecord, Plan, Waiter
 from millpond._core.reset import Step
 from millpond._core.stats import PoolStats
@@ -37,17 +32,8 @@ __all__ = ["AsyncPool"]
 
 _get_running_loop = asyncio.get_running_loop
 
-#: how long a reset on return (rollback, full reset) may take before the connection is
-#: terminated instead, and how long a polite close may take
-RESET_TIMEOUT = 10.0
+#: how long a polite close may take before the connection is terminated
 CLOSE_TIMEOUT = 5.0
-
-_CUT_OFF = (asyncio.CancelledError, TimeoutError)
-
-
-async def _bounded(aw: Awaitable[Any], seconds: float) -> Any:
-    async with asyncio.timeout(seconds):
-        return await aw
 
 
 class _AsyncWaiter(Waiter):
@@ -60,85 +46,6 @@ class _AsyncWaiter(Waiter):
     def wake(self) -> None:
         if not self.fut.done():
             self.fut.set_result(None)
-
-
-class _AsyncBorrowed:
-    """``async with pool.connection() as conn``."""
-
-    __slots__ = ("_conn", "_pool", "_timeout")
-
-    def __init__(self, pool: AsyncPool, timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._conn: Any = None
-
-    async def __aenter__(self) -> Any:
-        pool = self._pool
-        if self._timeout is None and pool._leak_timeout is None:
-            conn = pool._lend_idle()
-            if conn is not None:
-                self._conn = conn
-                return conn
-        self._conn = conn = await pool.getconn(self._timeout)
-        return conn
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        conn = self._conn
-        self._conn = None
-        pool = self._pool
-        if ev is None and not pool._reset_always and pool._return_idle(conn):
-            return
-        await pool.putconn(conn, False, ev)
-
-
-class _AsyncTransaction:
-    """``async with pool.transaction() as conn``: the driver's own way of beginning,
-    committing on success and rolling back on an exception."""
-
-    __slots__ = ("_conn", "_pool", "_timeout", "_token")
-
-    def __init__(self, pool: AsyncPool, timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._conn: Any = None
-        self._token: Any = None
-
-    async def __aenter__(self) -> Any:
-        pool = self._pool
-        self._conn = conn = await pool.getconn(self._timeout)
-        try:
-            self._token = await pool._adapter.begin(conn)
-        except BaseException as exc:
-            self._conn = None
-            await pool.putconn(conn, False, exc)
-            raise
-        return conn
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        conn, token = self._conn, self._token
-        self._conn = self._token = None
-        pool = self._pool
-        adapter = pool._adapter
-        if isinstance(ev, _CUT_OFF):
-            # the block was cancelled or timed out, maybe mid-query: a ROLLBACK could wait on
-            # a connection that will never answer; putconn drops the connection instead
-            await pool.putconn(conn, False, ev)
-            return
-        try:
-            if ev is None:
-                await adapter.commit(conn, token)
-            else:
-                await _bounded(adapter.rollback_transaction(conn, token), RESET_TIMEOUT)
-        except BaseException as exc:
-            await pool.putconn(conn, False, exc)
-            if ev is None or not isinstance(exc, Exception):
-                raise  # a commit failure, or a cancellation arriving during the rollback
-            return  # the block's own exception is the one the caller needs to see
-        await pool.putconn(conn, False, ev)
 
 
 class AsyncPool(PoolBase):
@@ -204,9 +111,9 @@ class AsyncPool(PoolBase):
             self._connecting = asyncio.Semaphore(self._config.workers)
             self._kick = kick = asyncio.Event()
             self._changed = asyncio.Event()
-            self._gc_notify = _thread_safe_kick(loop, kick)
+            self._gc_notify = thread_safe_kick(loop, kick)
             self._housekeeper = loop.create_task(
-                _housekeep_loop(weakref.ref(self), kick), name=f"millpond-{self.name}"
+                housekeep_loop(weakref.ref(self), kick), name=f"millpond-{self.name}"
             )
             self._carry_out_pending()
         else:
@@ -221,7 +128,7 @@ class AsyncPool(PoolBase):
                     raise min_size_timeout(core, budget)
                 changed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await _bounded(changed.wait(), left)
+                    await bounded(changed.wait(), left)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close: waiters fail with ``PoolClosed``, idle connections close now, lent ones when
@@ -249,7 +156,7 @@ class AsyncPool(PoolBase):
                 break
             changed.clear()
             with contextlib.suppress(TimeoutError):
-                await _bounded(changed.wait(), left)
+                await bounded(changed.wait(), left)
         if self._housekeeper is not None:
             self._housekeeper.cancel()
         pending = [t for t in self._tasks if not t.done()]
@@ -267,19 +174,20 @@ class AsyncPool(PoolBase):
 
     # -- checkout --------------------------------------------------------------------------
 
-    def connection(self, timeout: float | None = None) -> _AsyncBorrowed:
+    def connection(self, timeout: float | None = None) -> Borrowed:
         """``async with pool.connection() as conn:`` lends the driver's own connection; on
         exit uncommitted work is rolled back and the connection goes back to the pool."""
-        return _AsyncBorrowed(self, timeout)
+        return Borrowed(self, timeout)
 
-    def transaction(self, timeout: float | None = None) -> _AsyncTransaction:
+    def transaction(self, timeout: float | None = None) -> Transaction:
         """``async with pool.transaction() as conn:`` begins in the driver's own way,
         commits on success and rolls back on an exception."""
-        return _AsyncTransaction(self, timeout)
+        return Transaction(self, timeout)
 
     async def getconn(self, timeout: float | None = None, *, fail_fast: bool = False) -> Any:
         """Borrow a connection; give it back with :meth:`putconn`. ``timeout`` and
         ``fail_fast`` as for :meth:`millpond.Pool.getconn`."""
+        # twin: getconn
         if timeout is not None:
             self._timeout(timeout)
         if self._leak_timeout is None and not fail_fast:
@@ -287,6 +195,7 @@ class AsyncPool(PoolBase):
             if conn is not None:
                 return conn
         return await self._getconn_slow(timeout, fail_fast, sys._getframe(1))
+        # twin: end
 
     # twin: lend-idle
     def _lend_idle(self) -> Any:
@@ -339,11 +248,7 @@ class AsyncPool(PoolBase):
                     raise core.timed_out(budget, clock())
                 retry = True
                 continue
-            rec.conn = None
-            if self._leak_timeout is not None:
-                rec.leak_reported = False
-                rec.borrower = borrower_stack(frame)
-            return conn
+            return self._hand_over(rec, frame)
 
     async def _wait(self, waiter: Waiter, deadline: float, budget: float) -> ConnRecord:
         assert isinstance(waiter, _AsyncWaiter) and self._loop is not None
@@ -363,11 +268,7 @@ class AsyncPool(PoolBase):
         finally:
             if handle is not None:
                 handle.cancel()
-        if waiter.error is not None:
-            raise fresh_error(waiter.error)
-        rec = waiter.rec
-        assert rec is not None
-        return rec
+        return self._served(waiter)
 
     def _expire(self, waiter: _AsyncWaiter, budget: float) -> None:
         """The deadline of a queued waiter (atomic on the loop: it cannot race a hand-off)."""
@@ -384,7 +285,7 @@ class AsyncPool(PoolBase):
         adapter = self._adapter
         try:
             left = max(deadline - time.monotonic(), 0.0)
-            await _bounded(adapter.ping(conn), min(left, self._config.ping_timeout))
+            await bounded(adapter.ping(conn), min(left, self._config.ping_timeout))
         except asyncio.CancelledError:
             # the connection may be mid-protocol: drop it, give the slot back, propagate
             adapter.terminate(conn)
@@ -408,8 +309,10 @@ class AsyncPool(PoolBase):
     ) -> None:
         """Give back a connection from :meth:`getconn`; ``discard=True`` closes it instead.
         A connection returned twice, or to another pool, raises ``ForeignConnection``."""
+        # twin: putconn
         if discard or _error is not None or self._reset_always or not self._return_idle(conn):
             await self._return_slow(conn, discard, _error)
+        # twin: end
 
     # twin: return-idle
     def _return_idle(self, conn: Any) -> bool:
@@ -456,7 +359,7 @@ class AsyncPool(PoolBase):
         if rec is None or rec.resetting or not rec.owns(conn):
             raise foreign_error(core, conn)
         self._check_loop(_get_running_loop())
-        if not discard and isinstance(error, _CUT_OFF) and not adapter.is_disconnect(error, conn):
+        if not discard and isinstance(error, CUT_OFF) and not adapter.is_disconnect(error, conn):
             # a query cut off by a cancellation or timeout can leave the connection
             # mid-protocol (an unread reply): drop it rather than trust a rollback. The slot
             # stays counted (and claimed) until the driver has let go of it.
@@ -478,7 +381,7 @@ class AsyncPool(PoolBase):
     async def _abandon(self, rec: ConnRecord, conn: Any) -> None:
         adapter = self._adapter
         try:
-            await _bounded(adapter.abandon(conn), CLOSE_TIMEOUT)
+            await bounded(adapter.abandon(conn), CLOSE_TIMEOUT)
         except BaseException:
             with contextlib.suppress(Exception):
                 adapter.terminate(conn)
@@ -487,7 +390,7 @@ class AsyncPool(PoolBase):
     async def _reset_then_return(self, rec: ConnRecord, conn: Any, steps: tuple[Step, ...]) -> None:
         reason: str | None = None
         try:
-            await _bounded(self._run_steps(rec, conn, steps), RESET_TIMEOUT)
+            await bounded(self._run_steps(rec, conn, steps), RESET_TIMEOUT)
         except TimeoutError:
             reason = "reset_timeout"
         except asyncio.CancelledError:
@@ -591,7 +494,7 @@ class AsyncPool(PoolBase):
         core = self._core
         ok = False
         try:
-            await _bounded(adapter.ping(rec.conn), self._config.ping_timeout)
+            await bounded(adapter.ping(rec.conn), self._config.ping_timeout)
             ok = True
         except asyncio.CancelledError:
             adapter.terminate(rec.conn)
@@ -631,7 +534,7 @@ class AsyncPool(PoolBase):
             return
         adapter = self._adapter
         try:
-            await _bounded(adapter.close(conn), CLOSE_TIMEOUT)
+            await bounded(adapter.close(conn), CLOSE_TIMEOUT)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 adapter.terminate(conn)
@@ -680,32 +583,3 @@ class AsyncPool(PoolBase):
                 f"pool {self.name!r} was opened on event loop {self._loop!r} and cannot be "
                 f"used from another loop ({loop!r}); open one pool per event loop"
             )
-
-
-def _thread_safe_kick(loop: asyncio.AbstractEventLoop, kick: asyncio.Event) -> Callable[[], None]:
-    """Wake the housekeeper from a weakref callback: any thread, maybe inside the garbage
-    collector, so only a thread-safe call onto the loop."""
-
-    def notify() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            loop.call_soon_threadsafe(kick.set)
-
-    return notify
-
-
-async def _housekeep_loop(ref: weakref.ref[AsyncPool], kick: asyncio.Event) -> None:
-    """Runs housekeeping at each deadline or kick; holds the pool weakly so an unclosed pool
-    can still be collected."""
-    while True:
-        pool = ref()
-        if pool is None:
-            return
-        try:
-            delay = pool._housekeep()
-        except Exception:
-            log.exception("pool %r: housekeeping failed", pool.name)
-            delay = 1.0
-        del pool
-        kick.clear()
-        with contextlib.suppress(TimeoutError):
-            await _bounded(kick.wait(), delay)

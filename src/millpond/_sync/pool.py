@@ -18,14 +18,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from types import TracebackType
 from typing import Any, ClassVar
 
-from millpond._core.messages import borrower_stack, foreign_error, fresh_error, min_size_timeout
+from millpond._core.messages import foreign_error, min_size_timeout
 from millpond._core.record import ConnRecord, Plan, Waiter
 from millpond._core.reset import Step
 from millpond._core.stats import PoolStats
 from millpond._shell import PoolBase, log
+from millpond._sync.borrowed import Borrowed, Transaction
 from millpond._sync.watchdog import watchdog
 from millpond._sync.workers import Housekeeper, Workers
 from millpond.drivers.base import SyncAdapter
@@ -52,73 +52,6 @@ class _SyncWaiter(Waiter):
 
     def wait(self, timeout: float) -> bool:
         return self._lock.acquire(timeout=-1 if timeout == math.inf else max(timeout, 0.0))
-
-
-class _Borrowed:
-    """``with pool.connection() as conn``: a raw connection out, back in on exit."""
-
-    __slots__ = ("_conn", "_pool", "_timeout")
-
-    def __init__(self, pool: Pool, timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-
-    def __enter__(self) -> Any:
-        pool = self._pool
-        if self._timeout is None and pool._leak_timeout is None:
-            conn = pool._lend_idle()
-            if conn is not None:
-                self._conn = conn
-                return conn
-        self._conn = conn = pool.getconn(self._timeout)
-        return conn
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        conn = self._conn
-        self._conn = None
-        pool = self._pool
-        if ev is None and not pool._reset_always and pool._return_idle(conn):
-            return
-        pool.putconn(conn, False, ev)
-
-
-class _Transaction:
-    """``with pool.transaction() as conn``: commit on success, roll back on an exception."""
-
-    __slots__ = ("_conn", "_pool", "_timeout")
-
-    def __init__(self, pool: Pool, timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._conn: Any = None
-
-    def __enter__(self) -> Any:
-        pool = self._pool
-        self._conn = conn = pool.getconn(self._timeout)
-        try:
-            if pool._adapter.get_autocommit(conn):
-                pool._adapter.begin(conn)
-        except BaseException as exc:
-            self._conn = None
-            pool.putconn(conn, False, exc)
-            raise
-        return conn
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        conn = self._conn
-        self._conn = None
-        pool = self._pool
-        if ev is None:
-            try:
-                pool._adapter.commit(conn)
-            except BaseException as exc:
-                pool.putconn(conn, False, exc)
-                raise
-        pool.putconn(conn, False, ev)
 
 
 class Pool(PoolBase):
@@ -211,12 +144,7 @@ class Pool(PoolBase):
             while core.lent:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    log.warning(
-                        "pool %r closed with %d connection(s) still in use; "
-                        "they are closed when returned",
-                        self.name,
-                        len(core.lent),
-                    )
+                    self._log_closed_in_use()
                     break
                 self._changed.wait(left)
         self._workers.stop(budget)
@@ -238,15 +166,15 @@ class Pool(PoolBase):
 
     # -- checkout --------------------------------------------------------------------------
 
-    def connection(self, timeout: float | None = None) -> _Borrowed:
+    def connection(self, timeout: float | None = None) -> Borrowed:
         """``with pool.connection() as conn:`` lends the driver's own connection; on exit
         uncommitted work is rolled back and the connection goes back to the pool (closed
         instead if the block raised a disconnect)."""
-        return _Borrowed(self, timeout)
+        return Borrowed(self, timeout)
 
-    def transaction(self, timeout: float | None = None) -> _Transaction:
+    def transaction(self, timeout: float | None = None) -> Transaction:
         """``with pool.transaction() as conn:`` commits on success, rolls back on error."""
-        return _Transaction(self, timeout)
+        return Transaction(self, timeout)
 
     def getconn(self, timeout: float | None = None, *, fail_fast: bool = False) -> Any:
         """Borrow a connection; give it back with :meth:`putconn`.
@@ -256,6 +184,7 @@ class Pool(PoolBase):
         fails this caller with :class:`millpond.ConnectError` at once, even if a return could
         still serve it later (for callers that wait for a connect, not for a return).
         """
+        # twin: getconn
         if timeout is not None:
             self._timeout(timeout)
         if self._leak_timeout is None and not fail_fast:
@@ -263,6 +192,7 @@ class Pool(PoolBase):
             if conn is not None:
                 return conn
         return self._getconn_slow(timeout, fail_fast, sys._getframe(1))
+        # twin: end
 
     # twin: lend-idle
     def _lend_idle(self) -> Any:
@@ -312,11 +242,7 @@ class Pool(PoolBase):
                         raise core.timed_out(budget, clock())
                 retry = True
                 continue
-            rec.conn = None
-            if self._leak_timeout is not None:
-                rec.leak_reported = False
-                rec.borrower = borrower_stack(frame)
-            return conn
+            return self._hand_over(rec, frame)
 
     def _wait(self, waiter: Waiter, deadline: float, budget: float) -> ConnRecord:
         assert isinstance(waiter, _SyncWaiter)
@@ -338,11 +264,7 @@ class Pool(PoolBase):
             if error is not None:
                 raise error
             # served (or failed) at the moment we gave up: take what we were handed
-        if waiter.error is not None:
-            raise fresh_error(waiter.error)
-        rec = waiter.rec
-        assert rec is not None
-        return rec
+        return self._served(waiter)
 
     def _bounded_ping(self, conn: Any, deadline: float) -> None:
         """The adapter's ping, interrupted (its socket shut down) if it overruns ``deadline``:
@@ -380,10 +302,13 @@ class Pool(PoolBase):
         self, conn: Any, discard: bool = False, _error: BaseException | None = None
     ) -> None:
         """Give back a connection from :meth:`getconn`. ``discard=True`` closes it instead.
-        A connection returned twice, or to another pool, raises ``ForeignConnection``."""
-        # _error: what was raised inside ``with pool.connection()`` (a disconnect discards)
+        A connection returned twice, or to another pool, raises ``ForeignConnection``.
+        (``_error``: what was raised inside ``with pool.connection()``; a disconnect
+        discards the connection.)"""
+        # twin: putconn
         if discard or _error is not None or self._reset_always or not self._return_idle(conn):
             self._return_slow(conn, discard, _error)
+        # twin: end
 
     # twin: return-idle
     def _return_idle(self, conn: Any) -> bool:
