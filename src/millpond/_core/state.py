@@ -33,6 +33,9 @@ __all__ = ["PoolCore"]
 #: first retry after a failed connect, and the ceiling of the exponential backoff
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 1.0
+#: consecutive failed connects after which a caller no longer gets a fresh attempt inside the
+#: backoff (the last error is replayed at once instead)
+PROBE_FAILURES = 1
 #: reasons to close a connection that cast doubt on the others opened before it
 SUSPICIOUS = frozenset({"broken", "ping_failed", "keepalive_failed"})
 #: the housekeeper wakes at least this often (seconds), whatever the deadlines say
@@ -177,16 +180,23 @@ class PoolCore:
             return rec
         if self.closed:
             raise messages.closed_error(self, self.started)
+        if self.unreachable() and self.failures > PROBE_FAILURES and now < self.retry_at:
+            raise messages.connect_error(self)
         if budget <= 0:
             if self.unreachable():
                 raise messages.connect_error(self)
             self.timeouts += 1
             raise messages.timeout_error(self, budget, now)
         # a caller that can only be served by a connect (the server looked unreachable, or
-        # it asked to fail fast) gets a fresh attempt rather than the last error replayed:
-        # the cause may be fixed by now. One probe at a time, so a storm of callers shares
-        # one connect's outcome instead of hammering a dead server.
-        probe = (fail_fast or self.unreachable()) and self.opening == 0
+        # it asked to fail fast) gets a fresh attempt after a single failure rather than that
+        # error replayed: it may have been transient, or fixed since. One probe at a time, so
+        # callers arriving together share its outcome; after two failures in a row the
+        # backoff decides, so a storm of callers does not hammer a dead server.
+        probe = (
+            (fail_fast or self.unreachable())
+            and self.opening == 0
+            and (self.failures <= PROBE_FAILURES or now >= self.retry_at)
+        )
         waiter = make_waiter()
         waiter.fail_fast = fail_fast
         self.enqueue(waiter, now, first)
