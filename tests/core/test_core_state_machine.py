@@ -92,6 +92,11 @@ class CoreMachine(RuleBasedStateMachine):
             assert rec.key not in core.lent and rec not in core.idle
             self.closed_keys.add(rec.key)
         for w in plan.wakes:
+            if w.rec is None and w.fail_fast:
+                # a fail-fast waiter fails on a connect error wherever it stands
+                assert w.error is not None and w in self.queue
+                self.queue.remove(w)
+                continue
             # strict FIFO: the one woken is the oldest still waiting
             assert self.queue and self.queue[0] is w, "a waiter was overtaken"
             self.queue.pop(0)

@@ -3,8 +3,8 @@
 Every decision is the core's (``millpond._core``); what both shells share is in
 ``millpond._shell``. Code between two ``await`` points is atomic on the event loop, so this
 shell takes no lock. The two fast paths, :meth:`AsyncPool._lend_idle` and
-:meth:`AsyncPool._return_idle`, await nothing; they are twins of the threaded shell's,
-checked line by line by ``tests/test_twins.py``.
+:meth:`AsyncPool._return_idle`, await nothing; they are twins of the fast paths written out in
+the threaded shell's ``getconn``/``putconn``, checked line by line by ``tests/test_twins.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from millpond.errors import ConfigError, PoolClosed, WrongEventLoop
 __all__ = ["AsyncPool"]
 
 _get_running_loop = asyncio.get_running_loop
+_new = object.__new__
 
 #: how long a polite close may take before the connection is terminated
 CLOSE_TIMEOUT = 5.0
@@ -177,7 +178,10 @@ class AsyncPool(PoolBase):
     def connection(self, timeout: float | None = None) -> Borrowed:
         """``async with pool.connection() as conn:`` lends the driver's own connection; on
         exit uncommitted work is rolled back and the connection goes back to the pool."""
-        return Borrowed(self, timeout)
+        b = _new(Borrowed)
+        b._pool = self
+        b._timeout = timeout
+        return b
 
     def transaction(self, timeout: float | None = None) -> Transaction:
         """``async with pool.transaction() as conn:`` begins in the driver's own way,
@@ -187,7 +191,6 @@ class AsyncPool(PoolBase):
     async def getconn(self, timeout: float | None = None, *, fail_fast: bool = False) -> Any:
         """Borrow a connection; give it back with :meth:`putconn`. ``timeout`` and
         ``fail_fast`` as for :meth:`millpond.Pool.getconn`."""
-        # twin: getconn
         if timeout is not None:
             self._timeout(timeout)
         if self._leak_timeout is None and not fail_fast:
@@ -195,17 +198,17 @@ class AsyncPool(PoolBase):
             if conn is not None:
                 return conn
         return await self._getconn_slow(timeout, fail_fast, sys._getframe(1))
-        # twin: end
 
-    # twin: lend-idle
     def _lend_idle(self) -> Any:
         """The fast checkout: the most recently returned idle connection, if it is fresh
         enough to skip its ping. None sends the caller down the slow path."""
+        # twin: lend-idle
         core = self._core
-        if _get_running_loop() is not self._loop:  # twin: async-only
-            return None  # twin: async-only
         idle = core.idle
-        if idle:
+        if (
+            idle
+            and _get_running_loop() is self._loop  # twin: async-only
+        ):
             rec = idle.pop()
             now = self._clock()
             # idle records are always of the current generation: drain() retires them all
@@ -217,8 +220,8 @@ class AsyncPool(PoolBase):
                 rec.conn = None
                 return conn
             idle.append(rec)
+        # twin: end
         return None
-    # twin: end
 
     async def _getconn_slow(self, timeout: float | None, fail_fast: bool, frame: Any) -> Any:
         loop = _get_running_loop()
@@ -309,47 +312,44 @@ class AsyncPool(PoolBase):
     ) -> None:
         """Give back a connection from :meth:`getconn`; ``discard=True`` closes it instead.
         A connection returned twice, or to another pool, raises ``ForeignConnection``."""
-        # twin: putconn
         if discard or _error is not None or self._reset_always or not self._return_idle(conn):
             await self._return_slow(conn, discard, _error)
-        # twin: end
 
-    # twin: return-idle
     def _return_idle(self, conn: Any) -> bool:
-        """The fast return: a connection of ours, with no transaction open and its
-        autocommit as the pool left it, goes straight back idle. False: take the slow path
-        (it decides whether the connection is foreign, needs a reset or must close)."""
+        """The fast return. False: take the slow path (it decides whether the connection is
+        foreign, needs a reset or must close)."""
+        # twin: return-idle
+        # straight back idle: a connection of ours, no transaction open, autocommit as
+        # the pool left it; anything else takes the slow path, which decides
         core = self._core
         rec = core.lent.get(id(conn))
         # ids are reused after a garbage collection: make sure it is the very object we lent
         if (
-            rec is None
-            or rec.resetting
-            or not (rec.pin is conn or (rec.ref is not None and rec.ref() is conn))
-            or self._status(conn)
-            or (rec.autocommit is not None and self._get_autocommit(conn) != rec.autocommit)
+            rec is not None
+            and not rec.resetting
+            and (rec.pin is conn or (rec.ref is not None and rec.ref() is conn))
+            and not self._status(conn)
+            and (rec.autocommit is None or self._get_autocommit(conn) == rec.autocommit)
+            and _get_running_loop() is self._loop  # twin: async-only
         ):
-            return False
-        if _get_running_loop() is not self._loop:  # twin: async-only
-            return False  # twin: async-only
-        now = self._clock()
-        # drain() and close() expire lent records, so this one test covers them too
-        if (
-            not rec.resetting
-            and now < rec.expires
-            and not core.waiters
-            and rec.uses != core.max_uses
-            and len(core.idle) + len(core.lent) <= core.max_size
-            and core.lent.pop(rec.key, None) is rec
-        ):
-            rec.conn = conn
-            rec.last_used = now
-            core.idle.append(rec)
-            if rec.leak_reported:
-                self._log_leak_returned(rec, now)
-            return True
+            now = self._clock()
+            # drain() and close() expire lent records, so this one test covers them too
+            if (
+                not rec.resetting
+                and now < rec.expires
+                and not core.waiters
+                and rec.uses != core.max_uses
+                and len(core.idle) + len(core.lent) <= core.max_size
+                and core.lent.pop(rec.key, None) is rec
+            ):
+                rec.conn = conn
+                rec.last_used = now
+                core.idle.append(rec)
+                if rec.leak_reported:
+                    self._log_leak_returned(rec, now)
+                return True
+        # twin: end
         return False
-    # twin: end
 
     async def _return_slow(self, conn: Any, discard: bool, error: BaseException | None) -> None:
         """A return that needs I/O (a rollback, a reset) or closes the connection."""

@@ -2,8 +2,8 @@
 
 Every decision is the core's (``millpond._core``); what both shells share is in
 ``millpond._shell``. This file holds the thread verbs and the two fast paths, written out
-in :meth:`Pool._lend_idle` and :meth:`Pool._return_idle` (twins of the asyncio shell's,
-checked line by line by ``tests/test_twins.py``).
+in :meth:`Pool.getconn` and :meth:`Pool.putconn` (twins of the asyncio shell's, checked line
+by line by ``tests/test_twins.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from millpond.drivers.base import SyncAdapter
 from millpond.errors import ConfigError, PoolClosed, PoolTimeout
 
 __all__ = ["Pool"]
+
+_new = object.__new__
 
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 # connections inherited across fork(): kept alive forever in the child, because a driver's
@@ -170,7 +172,10 @@ class Pool(PoolBase):
         """``with pool.connection() as conn:`` lends the driver's own connection; on exit
         uncommitted work is rolled back and the connection goes back to the pool (closed
         instead if the block raised a disconnect)."""
-        return Borrowed(self, timeout)
+        b = _new(Borrowed)
+        b._pool = self
+        b._timeout = timeout
+        return b
 
     def transaction(self, timeout: float | None = None) -> Transaction:
         """``with pool.transaction() as conn:`` commits on success, rolls back on error."""
@@ -184,40 +189,32 @@ class Pool(PoolBase):
         fails this caller with :class:`millpond.ConnectError` at once, even if a return could
         still serve it later (for callers that wait for a connect, not for a return).
         """
-        # twin: getconn
         if timeout is not None:
             self._timeout(timeout)
         if self._leak_timeout is None and not fail_fast:
-            conn = self._lend_idle()
-            if conn is not None:
-                return conn
+            # twin: lend-idle
+            core = self._core
+            lock = self._lock
+            lock.acquire()
+            idle = core.idle
+            if (
+                idle
+            ):
+                rec = idle.pop()
+                now = self._clock()
+                # idle records are always of the current generation: drain() retires them all
+                if now - rec.last_used < core.ping_window and now < rec.expires:
+                    rec.uses += 1
+                    rec.lent_at = now
+                    core.lent[rec.key] = rec
+                    conn = rec.conn
+                    rec.conn = None
+                    lock.release()
+                    return conn
+                idle.append(rec)
+            lock.release()
+            # twin: end
         return self._getconn_slow(timeout, fail_fast, sys._getframe(1))
-        # twin: end
-
-    # twin: lend-idle
-    def _lend_idle(self) -> Any:
-        """The fast checkout: the most recently returned idle connection, if it is fresh
-        enough to skip its ping. None sends the caller down the slow path."""
-        core = self._core
-        lock = self._lock
-        lock.acquire()
-        idle = core.idle
-        if idle:
-            rec = idle.pop()
-            now = self._clock()
-            # idle records are always of the current generation: drain() retires them all
-            if now - rec.last_used < core.ping_window and now < rec.expires:
-                rec.uses += 1
-                rec.lent_at = now
-                core.lent[rec.key] = rec
-                conn = rec.conn
-                rec.conn = None
-                lock.release()
-                return conn
-            idle.append(rec)
-        lock.release()
-        return None
-    # twin: end
 
     def _getconn_slow(self, timeout: float | None, fail_fast: bool, frame: Any) -> Any:
         budget = self._timeout(timeout)
@@ -305,49 +302,42 @@ class Pool(PoolBase):
         A connection returned twice, or to another pool, raises ``ForeignConnection``.
         (``_error``: what was raised inside ``with pool.connection()``; a disconnect
         discards the connection.)"""
-        # twin: putconn
-        if discard or _error is not None or self._reset_always or not self._return_idle(conn):
-            self._return_slow(conn, discard, _error)
-        # twin: end
-
-    # twin: return-idle
-    def _return_idle(self, conn: Any) -> bool:
-        """The fast return: a connection of ours, with no transaction open and its
-        autocommit as the pool left it, goes straight back idle. False: take the slow path
-        (it decides whether the connection is foreign, needs a reset or must close)."""
-        core = self._core
-        rec = core.lent.get(id(conn))
-        # ids are reused after a garbage collection: make sure it is the very object we lent
-        if (
-            rec is None
-            or rec.resetting
-            or not (rec.pin is conn or (rec.ref is not None and rec.ref() is conn))
-            or self._status(conn)
-            or (rec.autocommit is not None and self._get_autocommit(conn) != rec.autocommit)
-        ):
-            return False
-        lock = self._lock
-        lock.acquire()
-        now = self._clock()
-        # drain() and close() expire lent records, so this one test covers them too
-        if (
-            not rec.resetting
-            and now < rec.expires
-            and not core.waiters
-            and rec.uses != core.max_uses
-            and len(core.idle) + len(core.lent) <= core.max_size
-            and core.lent.pop(rec.key, None) is rec
-        ):
-            rec.conn = conn
-            rec.last_used = now
-            core.idle.append(rec)
-            lock.release()
-            if rec.leak_reported:
-                self._log_leak_returned(rec, now)
-            return True
-        lock.release()
-        return False
-    # twin: end
+        if not (discard or _error is not None or self._reset_always):
+            # twin: return-idle
+            # straight back idle: a connection of ours, no transaction open, autocommit as
+            # the pool left it; anything else takes the slow path, which decides
+            core = self._core
+            rec = core.lent.get(id(conn))
+            # ids are reused after a garbage collection: make sure it is the very object we lent
+            if (
+                rec is not None
+                and not rec.resetting
+                and (rec.pin is conn or (rec.ref is not None and rec.ref() is conn))
+                and not self._status(conn)
+                and (rec.autocommit is None or self._get_autocommit(conn) == rec.autocommit)
+            ):
+                lock = self._lock
+                lock.acquire()
+                now = self._clock()
+                # drain() and close() expire lent records, so this one test covers them too
+                if (
+                    not rec.resetting
+                    and now < rec.expires
+                    and not core.waiters
+                    and rec.uses != core.max_uses
+                    and len(core.idle) + len(core.lent) <= core.max_size
+                    and core.lent.pop(rec.key, None) is rec
+                ):
+                    rec.conn = conn
+                    rec.last_used = now
+                    core.idle.append(rec)
+                    lock.release()
+                    if rec.leak_reported:
+                        self._log_leak_returned(rec, now)
+                    return
+                lock.release()
+            # twin: end
+        self._return_slow(conn, discard, _error)
 
     def _return_slow(self, conn: Any, discard: bool, error: BaseException | None) -> None:
         """A return that needs I/O (a rollback, a reset) or closes the connection."""
