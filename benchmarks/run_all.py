@@ -164,7 +164,7 @@ def document(ov: dict[str, Any], s1: dict[str, Any], cts: list[dict[str, Any]],
             return []
         return [f"![{alt}]({path})", ""]
 
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     peers = ", ".join(f"{d} {_version(d)}" for d in (
         "psycopg", "psycopg-pool", "SQLAlchemy", "DBUtils", "psycopg2-binary", "PyMySQL",
         "asyncpg", "aiomysql"))

@@ -240,7 +240,7 @@ class FaultProxy:
             ureader, uwriter = await asyncio.wait_for(
                 asyncio.open_connection(*self.upstream, limit=_CHUNK), self.connect_timeout
             )
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return False  # upstream unreachable: the client gets a reset
         conn.writers.append(uwriter)
         return await self._splice(creader, cwriter, ureader, uwriter)
@@ -300,7 +300,7 @@ async def _finish(writers: list[asyncio.StreamWriter], clean: bool) -> None:
         try:
             # Bounded: a peer that stopped reading would keep a FIN-close waiting forever.
             await asyncio.wait_for(writer.wait_closed(), 5.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             writer.transport.abort()
         except OSError:
             pass

@@ -372,7 +372,7 @@ class Figures:
         with contextlib.suppress(OSError, ValueError):
             previous = json.loads(path.read_text()).get("scenarios", {})
         doc = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": {
                 "cpus": os.cpu_count(),
                 "platform": platform.platform(),

@@ -325,7 +325,7 @@ async def test_idle_backends_killed_async(
                         assert await conn.fetchval("SELECT 1") == 1
                         log.add(Call(started, time.monotonic()))
                         await gate.wait()
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise
                 except Exception as exc:
                     error = exc

@@ -417,7 +417,7 @@ async def _asyncpg_pool(target: Target, size: int) -> AsyncSession:
     async def close() -> None:
         try:
             await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             pool.terminate()
 
     return AsyncSession(pool.acquire, lambda: opened.value, close)
@@ -450,7 +450,7 @@ async def _aiomysql_pool(target: Target, size: int) -> AsyncSession:
         pool.close()
         try:
             await asyncio.wait_for(pool.wait_closed(), POOL_CLOSE_TIMEOUT)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             pool.terminate()
 
     return AsyncSession(lambda: _AsyncPair(acquire, release), lambda: max(size, len(lent)), close)
