@@ -98,3 +98,51 @@ def test_the_resolvers_share_no_private_names() -> None:
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert node.module not in ("millpond.drivers.url", "millpond.drivers.async_url")
                 assert not any(alias.name.startswith("_") for alias in node.names), name
+
+
+# -- passwords with reserved characters --------------------------------------------------------
+
+PASTED = [
+    # the password is 4711/topsecret: "4711" reads as a port, the rest as the database
+    ("postgresql://app:4711/topsecret@127.0.0.1/db", ("4711/topsecret", "topsecret")),
+    ("postgresql+asyncpg://app:4711/topsecret@127.0.0.1/db", ("4711/topsecret", "topsecret")),
+    # "#" starts a fragment: "s3cr" would be a port, "t@host/db" the fragment
+    ("mysql://app:s3cr#t@127.0.0.1/db", ("s3cr#t", "s3cr")),
+    ("mysql+aiomysql://app:s3cr#t@127.0.0.1/db", ("s3cr#t", "s3cr")),
+    ("postgresql+psycopg://app:wh?t@127.0.0.1/db", ("wh?t",)),
+    ("mariadb+mysqlconnector://app:a/b?c#d@127.0.0.1/db", ("a/b?c#d", "b?c")),
+]
+
+
+@pytest.mark.parametrize(("url", "secrets"), PASTED)
+def test_a_password_with_an_unencoded_reserved_character_is_refused_unquoted(
+    url: str, secrets: tuple[str, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    import millpond
+
+    caplog.set_level("DEBUG")
+    scheme = url.partition("://")[0]
+    pool_class = millpond.AsyncPool if "+a" in scheme else millpond.Pool
+    with pytest.raises(ConfigError) as info:
+        pool_class(url, open=False)
+    exc = info.value
+    texts = [str(exc), repr(exc), *(r.getMessage() for r in caplog.records)]
+    assert exc.__cause__ is None
+    assert exc.__context__ is None
+    assert "percent-encode the password" in str(exc)
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_the_percent_encoded_password_is_accepted() -> None:
+    adapter = resolve("postgresql+psycopg://app:4711%2Ftopsecret@127.0.0.1/db")
+    assert adapter.description == "postgresql+psycopg://app@127.0.0.1/db"
+    assert "4711/topsecret" in adapter.secrets
+
+
+def test_a_password_without_a_host_is_not_quoted_as_a_port() -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve("mysql://app:hunter2")
+    assert "hunter2" not in str(info.value)
+    assert "invalid port" in str(info.value)
