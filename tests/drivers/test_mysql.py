@@ -1,4 +1,4 @@
-"""PyMySQLAdapter and MySQLConnectorAdapter against the real MariaDB server."""
+"""PyMySQLAdapter, MySQLConnectorAdapter and MySQLdbAdapter against the real MariaDB server."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from millpond.drivers.base import SyncAdapter, TxStatus
 from millpond.drivers.url import resolve
 from millpond.errors import ConfigError
 
-from .conftest import mysql_id, mysql_kill, run, scalar
+from .conftest import MYSQL_DRIVERS, mysql_id, mysql_kill, run, scalar
 
 pytestmark = pytest.mark.mysql
 
@@ -269,13 +269,13 @@ def test_mysqlconnector_refuses_its_own_pool(mysql_url: str) -> None:
         )
 
 
-@pytest.mark.parametrize("driver", ["pymysql", "mysqlconnector"])
+@pytest.mark.parametrize("driver", list(MYSQL_DRIVERS))
 def test_full_reset_replays_the_connection_setup(
     mysql_url: str, opened: Opened, driver: str
 ) -> None:
     """COM_RESET_CONNECTION returns the session to the server's defaults; what the connect
     options asked for (collation, sql_mode, init_command) must be set up again."""
-    pytest.importorskip("pymysql" if driver == "pymysql" else "mysql.connector")
+    pytest.importorskip(MYSQL_DRIVERS[driver])
     adapter = resolve(
         mysql_url.replace("mysql://", f"mysql+{driver}://"),
         {

@@ -127,6 +127,14 @@ DRIVERS: Mapping[str, Driver] = {
             ),
         ),
         Driver(
+            "mysqldb", "mysqlclient", "mysqldb", "MySQLdbAdapter", "MySQLdb", "mysqlclient",
+            database_key="db", aliases=_MYSQL_DB_ALIASES, one_host=True,
+            bools=frozenset({"autocommit", "local_infile", "use_unicode"}),
+            numbers=frozenset(
+                {"port", "connect_timeout", "read_timeout", "write_timeout", "client_flag"}
+            ),
+        ),
+        Driver(
             "sqlite3", "sqlite3", "sqlite", "SqliteAdapter", "sqlite3", None, shape="sqlite",
             bools=frozenset({"check_same_thread", "uri", "autocommit"}),
             numbers=_SQLITE_NUMBERS, connect_params=_SQLITE_CONNECT,
@@ -181,6 +189,7 @@ def _schemes() -> dict[str, Scheme]:
     for my in ("mysql", "mariadb"):
         add([my, f"{my}+pymysql"], my, sync=("pymysql",))
         add([f"{my}+mysqlconnector"], my, sync=("mysqlconnector",))
+        add([f"{my}+mysqldb"], my, sync=("mysqldb",))
         add([f"{my}+aiomysql"], my, asyncio=("aiomysql",))
         add([f"{my}+asyncmy"], my, not_yet="asyncmy")
     add(["sqlite", "sqlite+pysqlite"], "sqlite", sync=("sqlite3",))
