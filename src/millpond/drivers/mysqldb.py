@@ -15,6 +15,8 @@ are reached through ctypes, on the ``MYSQL*`` handle mysqlclient hands out
 from __future__ import annotations
 
 import ctypes
+import importlib
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -68,6 +70,45 @@ class _Native:
         return value.value
 
 
+_connection_class: type | None = None
+
+
+def _mysqldb_connection_class(mysqldb: Any) -> type:
+    """MySQLdb's Connection, remembering the unbuffered cursors (SSCursor and kin) it made.
+
+    An unbuffered cursor left unread keeps the connection busy: every later query fails with
+    "Commands out of sync" (2014), and the C library gives no way to see that without I/O.
+    So the connection keeps weak references to such cursors, and the adapter closes them
+    (reading what is left) before the next borrower can meet them.
+    """
+    global _connection_class
+    if _connection_class is None:
+        base: Any = importlib.import_module("MySQLdb.connections").Connection
+        unbuffered = importlib.import_module("MySQLdb.cursors").CursorUseResultMixIn
+
+        class Connection(base):  # type: ignore[misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self._millpond_unbuffered: weakref.WeakSet[Any] = weakref.WeakSet()
+
+            def cursor(self, cursorclass: Any = None) -> Any:
+                cur = super().cursor(cursorclass)
+                if isinstance(cur, unbuffered):
+                    self._millpond_unbuffered.add(cur)
+                return cur
+
+        _connection_class = Connection
+    return _connection_class
+
+
+def _close_unbuffered(conn: Any) -> None:
+    cursors = getattr(conn, "_millpond_unbuffered", None)
+    if cursors:
+        for cur in list(cursors):
+            cur.close()  # reads and drops the rows left
+        cursors.clear()
+
+
 class MySQLdbAdapter(SyncAdapter):
     name = "mysqlclient"
     extra = "mysqlclient"
@@ -87,7 +128,7 @@ class MySQLdbAdapter(SyncAdapter):
     ) -> MySQLdbAdapter:
         mysqldb = load_driver("MySQLdb", cls.extra)
         params = ConnectParams(kwargs, secrets)
-        connect_function = mysqldb.connect
+        connect_function = _mysqldb_connection_class(mysqldb)
 
         def connect() -> Any:
             conn = params.call(connect_function)
@@ -128,6 +169,8 @@ class MySQLdbAdapter(SyncAdapter):
         leaves a transaction open that the flags never show."""
         if not conn.open:
             return TxStatus.BROKEN
+        if getattr(conn, "_millpond_unbuffered", None):
+            return TxStatus.UNKNOWN  # an unbuffered cursor may hold rows: rollback() reads them
         flags = self._native.server_status(conn)
         if flags is None:
             return TxStatus.UNKNOWN
@@ -146,6 +189,7 @@ class MySQLdbAdapter(SyncAdapter):
         if reset is None:
             raise NotImplementedError("this client library has no mysql_reset_connection()")
         autocommit = bool(conn.get_autocommit())
+        _close_unbuffered(conn)
         _discard_results(conn)
         if reset(self._native.handle(conn)) != 0:
             raise NotImplementedError(
@@ -165,6 +209,10 @@ class MySQLdbAdapter(SyncAdapter):
             _discard_results(conn)
         if bool(conn.get_autocommit()) != autocommit:
             conn.autocommit(autocommit)
+
+    def rollback(self, conn: Any) -> None:
+        _close_unbuffered(conn)
+        conn.rollback()
 
     def get_autocommit(self, conn: Any) -> bool:
         return bool(conn.get_autocommit())  # reads the status flags: no I/O
