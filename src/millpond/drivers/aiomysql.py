@@ -178,8 +178,9 @@ class AiomysqlAdapter(AsyncAdapter):
 
 
 def _unbuffered_active(conn: Any) -> bool:
-    result = getattr(conn, "_result", None)
-    return bool(getattr(result, "unbuffered_active", False))
+    # on every return: plain attribute reads (the driver sets both in every connection)
+    result = conn._result
+    return result is not None and result.unbuffered_active is True
 
 
 async def _finish_unbuffered(conn: Any) -> None:

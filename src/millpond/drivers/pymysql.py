@@ -198,8 +198,9 @@ class PyMySQLAdapter(SyncAdapter):
 
 
 def _unbuffered_active(conn: Any) -> bool:
-    result = getattr(conn, "_result", None)
-    return bool(getattr(result, "unbuffered_active", False))
+    # on every return: plain attribute reads (the driver sets both in every connection)
+    result = conn._result
+    return result is not None and result.unbuffered_active is True
 
 
 def _finish_unbuffered(conn: Any) -> None:
