@@ -372,3 +372,30 @@ def test_mysqlconnector_c_extension(mysql_url: str) -> None:
     if out.stdout.startswith("SKIP"):
         pytest.skip(out.stdout.strip())
     assert out.stdout.strip() == "OK"
+
+
+def test_interrupt_ends_a_blocked_call(mysql_adapter: SyncAdapter, conn: Any) -> None:
+    """What ping_timeout relies on: from another thread, a call stuck on the socket fails
+    now, as a disconnect, and the connection is then known to be unusable."""
+    import threading
+    import time
+
+    errors: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            run(conn, "SELECT SLEEP(30)")
+        except BaseException as exc:  # recorded for the assertion
+            errors.append(exc)
+
+    worker = threading.Thread(target=blocked)
+    started = time.monotonic()
+    worker.start()
+    time.sleep(0.2)  # let the query reach the server
+    assert mysql_adapter.interrupt(conn)
+    worker.join(timeout=20)
+    assert not worker.is_alive()
+    assert time.monotonic() - started < 20  # not the 30 s of the query
+    assert errors
+    assert mysql_adapter.is_disconnect(errors[0], conn)
+    mysql_adapter.close(conn)

@@ -20,7 +20,13 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from millpond.drivers.base import ConnectParams, SyncAdapter, TxStatus, load_driver
+from millpond.drivers.base import (
+    ConnectParams,
+    SyncAdapter,
+    TxStatus,
+    load_driver,
+    shutdown_socket,
+)
 from millpond.drivers.pymysql import MYSQL_DISCONNECT_CODES
 
 __all__ = ["MySQLdbAdapter"]
@@ -134,6 +140,9 @@ class MySQLdbAdapter(SyncAdapter):
             conn = params.call(connect_function)
             # the negotiated character set, before any SET NAMES can change what it reports
             conn._millpond_charset = conn.character_set_name()
+            # fileno() refuses to run while another thread uses the connection, which is
+            # exactly when interrupt() needs it
+            conn._millpond_fd = conn.fileno()
             return conn
 
         setup = {
@@ -146,6 +155,12 @@ class MySQLdbAdapter(SyncAdapter):
     def close(self, conn: Any) -> None:
         if conn.open:  # closing twice raises
             conn.close()
+
+    def interrupt(self, conn: Any) -> bool:
+        fd = getattr(conn, "_millpond_fd", None)
+        if fd is None or not conn.open:
+            return False
+        return shutdown_socket(fd)
 
     def is_closed(self, conn: Any) -> bool:
         # ``open`` turns false on close() only: a lost connection shows when it is used
