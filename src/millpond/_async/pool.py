@@ -212,7 +212,7 @@ class AsyncPool(PoolBase):
         ``fail_fast`` as for :meth:`millpond.Pool.getconn`."""
         if timeout is not None:
             self._timeout(timeout)
-        if self._leak_timeout is None and not fail_fast:
+        if self._leak_timeout is None:  # fail_fast matters only once the caller waits
             conn = self._lend_idle()
             if conn is not None:
                 return conn

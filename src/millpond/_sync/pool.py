@@ -200,7 +200,7 @@ class Pool(PoolBase):
         """
         if timeout is not None:
             self._timeout(timeout)
-        if self._leak_timeout is None and not fail_fast:
+        if self._leak_timeout is None:  # fail_fast matters only once the caller waits
             # ``with``: an exception raised by a signal handler inside the block still
             # releases the lock. Here and in putconn a record moves between idle and lent
             # with no call in between (the points where CPython runs signal handlers), so an
