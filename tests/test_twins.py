@@ -46,11 +46,18 @@ def normalized(lines: list[str], kind: str) -> list[str]:
     ``getconn``/``putconn``, the async ones as helpers the ``async with`` path calls too)."""
     lines = textwrap.dedent("\n".join(lines)).splitlines()
     out = []
+    with_at: int | None = None  # indentation of a ``with self._lock:`` being stripped
     for line in lines:
         if f"# twin: {kind}-only" in line:
             continue
-        if kind == "sync" and re.search(r"\block\b|\block\.(acquire|release)\(", line):
+        depth = len(line) - len(line.lstrip())
+        if with_at is not None and line.strip() and depth <= with_at:
+            with_at = None
+        if kind == "sync" and re.fullmatch(r"\s*with self\._lock:", line):
+            with_at = depth
             continue
+        if with_at is not None:
+            line = line[4:]
         line = re.sub(r"\bawait |\basync ", "", line).rstrip()
         line = re.sub(r"\breturn (True|None)$", "return", line)
         if line:

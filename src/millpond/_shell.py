@@ -23,9 +23,13 @@ from millpond._core.state import PoolCore
 from millpond.drivers.base import TxStatus
 from millpond.errors import ConfigError, ConnectError
 
-__all__ = ["PoolBase", "log"]
+__all__ = ["RESET_TIMEOUT", "PoolBase", "log"]
 
 log = logging.getLogger("millpond")
+
+#: how long a reset on return (rollback, full reset) may take before the connection is
+#: closed instead (its socket shut down, or the asyncio connection terminated)
+RESET_TIMEOUT = 10.0
 
 
 class PoolBase:
@@ -101,7 +105,9 @@ class PoolBase:
         - ``open``: ``Pool`` opens in the constructor unless ``open=False``
           (then ``pool.open()``); an ``AsyncPool`` opens only with ``await pool.open()`` or
           ``async with``, so ``open=True`` is refused there.
-        - ``workers`` (2): background connect/close capacity.
+        - ``workers`` (2): threads for background closes and keepalive pings. Connects
+          get threads of their own, as many as are in flight (up to the cap), so a hung
+          connect never holds back the others.
         - ``clock``: a monotonic clock (``millpond.testing.FakeClock`` in tests).
         """
         if open is not None and not isinstance(open, bool):

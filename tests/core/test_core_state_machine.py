@@ -32,6 +32,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.queue: list[Waiter] = []  # our own view of who is waiting, in arrival order
         self.planned = 0  # opens the core asked for that no worker has finished
         self.closed_keys: set[int] = set()
+        self.closes: list[ConnRecord] = []  # planned closes no worker has finished
+        self.shrunk = False  # a resize lowered the cap: lent surplus may exceed it for a while
         self.all_conns: list[Conn] = []  # keep objects alive so ids stay unique
 
     # -- setup -----------------------------------------------------------------------------
@@ -91,6 +93,7 @@ class CoreMachine(RuleBasedStateMachine):
         for rec, _reason in plan.closes:
             assert rec.key not in core.lent and rec not in core.idle
             self.closed_keys.add(rec.key)
+            self.closes.append(rec)
         for w in plan.wakes:
             if w.rec is None and w.fail_fast:
                 # a fail-fast waiter fails on a connect error wherever it stands
@@ -156,6 +159,15 @@ class CoreMachine(RuleBasedStateMachine):
             core.open_failed(RuntimeError("refused"), self.now)
         self.apply()
 
+    @rule(data=st.data())
+    @precondition(lambda self: self.core is not None and self.closes)
+    def worker_closes(self, data: st.DataObject) -> None:
+        core = self.core
+        assert core is not None
+        self.closes.remove(data.draw(st.sampled_from(self.closes)))
+        core.close_done(self.now)
+        self.apply()
+
     @rule(data=st.data(), reason=st.sampled_from([None, None, None, "broken", "discarded"]))
     @precondition(lambda self: self.core is not None and self.held)
     def checkin(self, data: st.DataObject, reason: str | None) -> None:
@@ -213,7 +225,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.apply()
         # once the housekeeper has run, nobody waits while the pool could still grow for them,
         # unless the backoff after a failed connect holds growth back (it wakes then)
-        starved = core.size + core.opening < core.cap and core.opening < len(self.queue)
+        starved = core._room() > core.opening and core.opening < len(self.queue)
         if not core.closed and starved:
             assert self.now < core.retry_at, "callers wait while the pool could grow for them"
             assert delay <= core.retry_at - self.now + 1e-9, "the retry after backoff is lost"
@@ -223,7 +235,9 @@ class CoreMachine(RuleBasedStateMachine):
     def resize(self, min_size: int, extra: int) -> None:
         core = self.core
         assert core is not None
+        cap = core.cap
         core.resize(min_size, max(1, min_size + extra), self.now)
+        self.shrunk = self.shrunk or core.cap < cap
         self.apply()
 
     @rule()
@@ -260,6 +274,12 @@ class CoreMachine(RuleBasedStateMachine):
         assert not set(core.lent) & self.closed_keys, "a closed connection is lent"
         assert [w for w in core.waiters] == self.queue
         assert core.size <= core.cap or not core.idle
+        assert core.closing == len(self.closes)
+        # rule 1: the server never sees more sessions than the cap, closes in flight included
+        # (only a resize down may leave lent surplus above it, closed as it comes back)
+        if not self.shrunk:
+            assert core.size + core.closing + core.opening <= core.cap, (
+                core.size, core.closing, core.opening, core.cap)
 
     def teardown(self) -> None:
         core: Any = self.core

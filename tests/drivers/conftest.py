@@ -80,9 +80,13 @@ def pg_kill(admin: Any, conn: Any) -> None:
 # -- MariaDB ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["pymysql", "mysqlconnector"])
+#: the sync MySQL drivers, by URL scheme suffix -> the library each imports
+MYSQL_DRIVERS = {"pymysql": "pymysql", "mysqlconnector": "mysql.connector", "mysqldb": "MySQLdb"}
+
+
+@pytest.fixture(params=list(MYSQL_DRIVERS))
 def mysql_adapter(request: pytest.FixtureRequest, mysql_url: str) -> SyncAdapter:
-    pytest.importorskip("pymysql" if request.param == "pymysql" else "mysql.connector")
+    pytest.importorskip(MYSQL_DRIVERS[request.param])
     return resolve(mysql_url.replace("mysql://", f"mysql+{request.param}://", 1))
 
 

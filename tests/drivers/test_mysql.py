@@ -1,4 +1,4 @@
-"""PyMySQLAdapter and MySQLConnectorAdapter against the real MariaDB server."""
+"""PyMySQLAdapter, MySQLConnectorAdapter and MySQLdbAdapter against the real MariaDB server."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from millpond.drivers.base import SyncAdapter, TxStatus
 from millpond.drivers.url import resolve
 from millpond.errors import ConfigError
 
-from .conftest import mysql_id, mysql_kill, run, scalar
+from .conftest import MYSQL_DRIVERS, mysql_id, mysql_kill, run, scalar
 
 pytestmark = pytest.mark.mysql
 
@@ -269,13 +269,13 @@ def test_mysqlconnector_refuses_its_own_pool(mysql_url: str) -> None:
         )
 
 
-@pytest.mark.parametrize("driver", ["pymysql", "mysqlconnector"])
+@pytest.mark.parametrize("driver", list(MYSQL_DRIVERS))
 def test_full_reset_replays_the_connection_setup(
     mysql_url: str, opened: Opened, driver: str
 ) -> None:
     """COM_RESET_CONNECTION returns the session to the server's defaults; what the connect
     options asked for (collation, sql_mode, init_command) must be set up again."""
-    pytest.importorskip("pymysql" if driver == "pymysql" else "mysql.connector")
+    pytest.importorskip(MYSQL_DRIVERS[driver])
     adapter = resolve(
         mysql_url.replace("mysql://", f"mysql+{driver}://"),
         {
@@ -372,3 +372,30 @@ def test_mysqlconnector_c_extension(mysql_url: str) -> None:
     if out.stdout.startswith("SKIP"):
         pytest.skip(out.stdout.strip())
     assert out.stdout.strip() == "OK"
+
+
+def test_interrupt_ends_a_blocked_call(mysql_adapter: SyncAdapter, conn: Any) -> None:
+    """What ping_timeout relies on: from another thread, a call stuck on the socket fails
+    now, as a disconnect, and the connection is then known to be unusable."""
+    import threading
+    import time
+
+    errors: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            run(conn, "SELECT SLEEP(30)")
+        except BaseException as exc:  # recorded for the assertion
+            errors.append(exc)
+
+    worker = threading.Thread(target=blocked)
+    started = time.monotonic()
+    worker.start()
+    time.sleep(0.2)  # let the query reach the server
+    assert mysql_adapter.interrupt(conn)
+    worker.join(timeout=20)
+    assert not worker.is_alive()
+    assert time.monotonic() - started < 20  # not the 30 s of the query
+    assert errors
+    assert mysql_adapter.is_disconnect(errors[0], conn)
+    mysql_adapter.close(conn)

@@ -81,6 +81,7 @@ def test_postgresql_falls_back_to_psycopg2(monkeypatch: pytest.MonkeyPatch) -> N
         ("postgresql+psycopg2://h/db", "psycopg2", "the 'psycopg2' driver is not installed: pip install 'millpond[psycopg2]'"),
         ("mysql://h/db", "pymysql", "the 'pymysql' driver is not installed: pip install 'millpond[pymysql]'"),
         ("mysql+mysqlconnector://h/db", "mysql.connector", "the 'mysql.connector' driver is not installed: pip install 'millpond[mysql]'"),
+        ("mysql+mysqldb://h/db", "MySQLdb", "the 'MySQLdb' driver is not installed: pip install 'millpond[mysqlclient]'"),
     ],
 )  # fmt: skip
 def test_missing_driver_says_how_to_install(

@@ -236,3 +236,31 @@ async def test_set_autocommit(mysql_adapter: AsyncAdapter, opened: OpenFn) -> No
     await mysql_adapter.set_autocommit(conn, True)
     assert mysql_adapter.get_autocommit(conn) is True
     assert mysql_adapter.status(conn) is TxStatus.IDLE
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+async def test_a_result_left_unread_does_not_reach_the_next_borrower(
+    mysql_url: str, autocommit: bool
+) -> None:
+    import warnings
+
+    import aiomysql
+
+    import millpond
+
+    kept = []  # the borrower keeps its cursor: nothing frees the result behind the pool
+    url = with_scheme(mysql_url, "mysql+aiomysql")
+    pool = millpond.AsyncPool(url, connect_kwargs={"autocommit": autocommit}, max_size=1)
+    async with pool:
+        async with pool.connection() as conn:
+            cur = await conn.cursor(aiomysql.SSCursor)
+            await cur.execute("SELECT * FROM information_schema.COLLATIONS")
+            await cur.fetchone()
+            kept.append(cur)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # aiomysql would warn the next borrower
+            for _ in range(3):
+                async with pool.connection() as conn:
+                    assert await scalar(conn, "SELECT 7") == 7
+        stats = pool.stats()
+    assert stats.connects == 1, stats

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from millpond.drivers import async_url
+from millpond.drivers import targets
 from millpond.drivers.async_base import AsyncAdapter
 from millpond.drivers.async_url import resolve_async
 from millpond.errors import ConfigError
@@ -24,7 +24,7 @@ def installed(*libraries: str) -> None:
 
 def only_installed(monkeypatch: pytest.MonkeyPatch, *libraries: str) -> None:
     """Pretend that of the drivers, only ``libraries`` are installed."""
-    monkeypatch.setattr(async_url, "_installed", lambda library: library in libraries)
+    monkeypatch.setattr(targets, "installed", lambda library: library in libraries)
 
 
 @pytest.mark.parametrize(

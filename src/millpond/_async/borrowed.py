@@ -11,14 +11,13 @@ from collections.abc import Awaitable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from millpond._shell import RESET_TIMEOUT
+
 if TYPE_CHECKING:
     from millpond._async.pool import AsyncPool
 
 __all__ = ["CUT_OFF", "RESET_TIMEOUT", "Borrowed", "Transaction", "bounded"]
 
-#: how long a reset on return (rollback, full reset) may take before the connection is
-#: terminated instead
-RESET_TIMEOUT = 10.0
 
 #: what ends a block early, maybe mid-query: the connection may be mid-protocol
 CUT_OFF = (asyncio.CancelledError, TimeoutError)

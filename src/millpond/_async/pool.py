@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import sys
 import time
 import weakref
@@ -90,7 +91,10 @@ class AsyncPool(PoolBase):
     def _init_shell(self, open: bool | None) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._connecting: asyncio.Semaphore | None = None
+        #: a connect that takes longer than a caller may wait is abandoned (None: never)
+        self._connect_bound: float | None = (
+            None if self._default_timeout == math.inf else max(self._default_timeout, 1.0)
+        )
         #: wakes the housekeeper early (a connect failed, a connection was collected)
         self._kick: asyncio.Event | None = None
         #: set when the pool's shape changes (a connect ends, a connection comes back while
@@ -109,7 +113,6 @@ class AsyncPool(PoolBase):
         core = self._core
         if core.start(self._clock()):
             self._loop = loop
-            self._connecting = asyncio.Semaphore(self._config.workers)
             self._kick = kick = asyncio.Event()
             self._changed = asyncio.Event()
             self._gc_notify = thread_safe_kick(loop, kick)
@@ -160,11 +163,27 @@ class AsyncPool(PoolBase):
                 await bounded(changed.wait(), left)
         if self._housekeeper is not None:
             self._housekeeper.cancel()
-        pending = [t for t in self._tasks if not t.done()]
-        if pending:
-            _done, still = await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
-            for t in still:
-                t.cancel()
+        await self._end_tasks(deadline)
+
+    async def _end_tasks(self, deadline: float) -> None:
+        """Let background tasks finish until ``deadline``, then cancel the rest and await
+        them too: no task of this pool outlives close() (a task destroyed while pending
+        would skip its bookkeeping and warn at exit)."""
+        tasks = [t for t in self._tasks if not t.done()]
+        if self._housekeeper is not None:
+            tasks.append(self._housekeeper)
+        if not tasks:
+            return
+        left = deadline - time.monotonic()
+        if left > 0:
+            _done, still = await asyncio.wait(tasks, timeout=None if left == math.inf else left)
+        else:
+            still = {t for t in tasks if not t.done()}
+        for t in still:
+            t.cancel()
+        if still:
+            # a cancelled close terminates its connection at once; nothing here awaits I/O
+            await asyncio.wait(still, timeout=CLOSE_TIMEOUT)
 
     async def __aenter__(self) -> AsyncPool:
         await self.open()
@@ -193,7 +212,7 @@ class AsyncPool(PoolBase):
         ``fail_fast`` as for :meth:`millpond.Pool.getconn`."""
         if timeout is not None:
             self._timeout(timeout)
-        if self._leak_timeout is None and not fail_fast:
+        if self._leak_timeout is None:  # fail_fast matters only once the caller waits
             conn = self._lend_idle()
             if conn is not None:
                 return conn
@@ -209,17 +228,17 @@ class AsyncPool(PoolBase):
             idle
             and _get_running_loop() is self._loop  # twin: async-only
         ):
-            rec = idle.pop()
+            rec = idle[-1]
             now = self._clock()
-            # idle records are always of the current generation: drain() retires them all
+            # idle records are always of the current generation: drain() retires them
             if now - rec.last_used < core.ping_window and now < rec.expires:
+                del idle[-1]
                 rec.uses += 1
                 rec.lent_at = now
                 core.lent[rec.key] = rec
                 conn = rec.conn
                 rec.conn = None
                 return conn
-            idle.append(rec)
         # twin: end
         return None
 
@@ -320,33 +339,33 @@ class AsyncPool(PoolBase):
         foreign, needs a reset or must close)."""
         # twin: return-idle
         # straight back idle: a connection of ours, no transaction open, autocommit as
-        # the pool left it; anything else takes the slow path, which decides
+        # the pool left it, no leak reported; anything else takes the slow path
         core = self._core
         rec = core.lent.get(id(conn))
         # ids are reused after a garbage collection: make sure it is the very object we lent
         if (
             rec is not None
             and not rec.resetting
+            and not rec.leak_reported
             and (rec.pin is conn or (rec.ref is not None and rec.ref() is conn))
             and not self._status(conn)
             and (rec.autocommit is None or self._get_autocommit(conn) == rec.autocommit)
             and _get_running_loop() is self._loop  # twin: async-only
         ):
             now = self._clock()
-            # drain() and close() expire lent records, so this one test covers them too
+            # drain() and close() expire lent records, so this one test covers them
             if (
                 not rec.resetting
                 and now < rec.expires
                 and not core.waiters
                 and rec.uses != core.max_uses
                 and len(core.idle) + len(core.lent) <= core.max_size
-                and core.lent.pop(rec.key, None) is rec
+                and core.lent.get(rec.key) is rec
             ):
+                del core.lent[rec.key]
                 rec.conn = conn
                 rec.last_used = now
                 core.idle.append(rec)
-                if rec.leak_reported:
-                    self._log_leak_returned(rec, now)
                 return True
         # twin: end
         return False
@@ -458,36 +477,40 @@ class AsyncPool(PoolBase):
         self._log_plan(plan)
 
     async def _open_one(self) -> None:
+        # connects run in parallel, as many as the core plans (up to the cap), each bounded
+        # by the pool's timeout: a hung connect never holds back the others
         core = self._core
-        assert self._connecting is not None
-        async with self._connecting:
-            if not core.begin_open(self._clock()):
-                self._carry_out_pending()
-                return
-            adapter = self._adapter
-            conn = None
-            try:
+        started = self._clock()
+        if not core.begin_open(started):
+            self._carry_out_pending()
+            return
+        adapter = self._adapter
+        conn = None
+        try:
+            async with asyncio.timeout(self._connect_bound):
                 conn = await adapter.connect()
                 autocommit = await self._setup(conn)
-            except asyncio.CancelledError:
-                if conn is not None:
+        except asyncio.CancelledError:
+            if conn is not None:
+                adapter.terminate(conn)
+            core.open_cancelled(self._clock(), started)
+            self._carry_out_pending()
+            raise
+        except BaseException as exc:
+            if conn is not None:
+                with contextlib.suppress(Exception):
                     adapter.terminate(conn)
-                core.open_cancelled(self._clock())
-                self._carry_out_pending()
-                raise
-            except Exception as exc:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        adapter.terminate(conn)
-                core.open_failed(self._connect_failure(exc), self._clock())
-                self._carry_out_pending()
-                self._notify()
-                return
-            rec = core.opened(conn, self._clock())
-            rec.autocommit = autocommit
-            self._watch(rec, conn)
+            core.open_failed(self._connect_failure(exc), self._clock(), started)
             self._carry_out_pending()
             self._notify()
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: the loop's to handle, once counted
+            return
+        rec = core.opened(conn, self._clock(), started)
+        rec.autocommit = autocommit
+        self._watch(rec, conn)
+        self._carry_out_pending()
+        self._notify()
 
     async def _keepalive_ping(self, rec: ConnRecord) -> None:
         adapter = self._adapter
@@ -530,8 +553,14 @@ class AsyncPool(PoolBase):
     async def _close_one(self, rec: ConnRecord, reason: str) -> None:
         conn = rec.conn if rec.conn is not None else rec.pin
         rec.conn = rec.pin = None
-        if conn is None:
-            return
+        try:
+            if conn is not None:
+                await self._close_conn(conn, reason)
+        finally:
+            self._core.close_done(self._clock())
+            self._carry_out_pending()
+
+    async def _close_conn(self, conn: Any, reason: str) -> None:
         adapter = self._adapter
         try:
             await bounded(adapter.close(conn), CLOSE_TIMEOUT)

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from millpond._core.record import ConnRecord
     from millpond._core.state import PoolCore
 
+#: a connect in flight this long (seconds) is named in a checkout timeout's message
+HUNG_CONNECT = 1.0
+
 __all__ = [
     "borrower_stack",
     "closed_error",
@@ -68,6 +71,15 @@ def timeout_error(core: PoolCore, budget: float, now: float) -> PoolTimeout:
         f"(size={core.size}, in_use={len(core.lent)}, idle={len(core.idle)}, "
         f"waiting={len(core.waiters)}, max_size={core.max_size}"
     )
+    started = core.connect_started
+    if started and now - min(started) >= HUNG_CONNECT:
+        # "size=0" alone reads like a busy pool; connects that never finish are another story
+        msg += (
+            f"; {len(started)} connect(s) have not finished, the oldest started "
+            f"{now - min(started):.1f}s ago: the server or the network may be hanging"
+        )
+    if core.closing:
+        msg += f"; {core.closing} close(s) in flight still count against the cap"
     oldest = core.oldest_borrower(now)
     if oldest is not None and oldest.borrower is not None:
         msg += (

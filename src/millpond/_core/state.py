@@ -7,8 +7,10 @@ it with :meth:`PoolCore.flush` after releasing its lock and does the I/O.
 Invariants (checked by :meth:`PoolCore.check_invariants` in tests):
 
 * a record is in exactly one of ``idle`` / ``lent`` / a pending close, or being opened;
-* ``size <= cap`` where ``size = len(idle) + len(lent)``, except right after a resize down,
-  when lent connections beyond the new cap close as they come back;
+* ``size + closing + opening <= cap`` where ``size = len(idle) + len(lent)``: a connection
+  being closed still counts (the server still sees its session), so a replacement is not
+  opened before the close it replaces has finished. The exception is right after a resize
+  down, when lent connections beyond the new cap close as they come back;
 * ``idle`` and ``waiters`` are never both non-empty once a call returns (strict hand-off);
 * waiters are served in arrival order.
 """
@@ -50,6 +52,14 @@ class PoolCore:
         self.lent: dict[int, ConnRecord] = {}
         self.waiters: deque[Waiter] = deque()
         self.opening = 0
+        #: connections retired whose close has not finished yet (see ``close_done``)
+        self.closing = 0
+        #: when each connect in flight started, so a timeout can tell hung connects apart
+        #: from a busy pool
+        self.connect_started: list[float] = []
+        #: connects that were in flight at a drain(): they may use the old credentials or
+        #: the old primary, so what they open is closed as drained
+        self.stale_started: list[float] = []
         self.gen = 0
         # a pool is born closed; start() opens it, once
         self.started = False
@@ -138,7 +148,13 @@ class PoolCore:
         self.retired_uses += rec.uses
         rec.uses = 0
         self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
+        self.closing += 1
         self.plan.closes.append((rec, reason))
+
+    def close_done(self, now: float) -> None:
+        """A planned close finished (or failed): its slot is free for a replacement."""
+        self.closing -= 1
+        self._grow(now)
 
     def forget(self, rec: ConnRecord, reason: str) -> None:
         """Account for a connection that is gone without a close (collected, or after fork)."""
@@ -200,7 +216,7 @@ class PoolCore:
         waiter = make_waiter()
         waiter.fail_fast = fail_fast
         self.enqueue(waiter, now, first)
-        if probe and self.opening == 0 and self.size < self.cap and not self.closed:
+        if probe and self.opening == 0 and self._room() > 0 and not self.closed:
             self.opening += 1
             self.plan.opens += 1
         return waiter
@@ -276,12 +292,16 @@ class PoolCore:
     def _demand(self) -> int:
         return max(len(self.waiters), self.min_size - self.size)
 
+    def _room(self) -> int:
+        """Connections that may still be opened: closes in flight count against the cap."""
+        return self.cap - self.size - self.closing
+
     def _grow(self, now: float) -> None:
         """Plan connects while demand persists: one per waiter (and up to min_size), within cap,
         and not before the backoff after a failed connect has run out."""
         if self.closed or now < self.retry_at:
             return
-        want = min(self._demand(), self.cap - self.size) - self.opening
+        want = min(self._demand(), self._room()) - self.opening
         if want > 0:
             self.opening += want
             self.plan.opens += want
@@ -289,25 +309,44 @@ class PoolCore:
     def begin_open(self, now: float) -> bool:
         """A worker is about to connect. False (and the slot is released) if the demand that
         planned it has gone, e.g. returns served the waiters first."""
-        if self.closed or min(self._demand(), self.cap - self.size) < self.opening:
+        if self.closed or min(self._demand(), self._room()) < self.opening:
             self.opening -= 1
             return False
+        self.connect_started.append(now)
         return True
 
-    def open_cancelled(self, now: float) -> None:
-        """A connect was cut off (cancelled, interrupted) before it finished."""
+    def _connect_ended(self, started: float | None) -> bool:
+        """Forget a connect in flight; True if a drain() made it stale."""
         self.opening -= 1
+        cs = self.connect_started
+        if started is not None and started in cs:
+            cs.remove(started)
+        elif cs:
+            cs.pop()
+        stale = self.stale_started
+        if started is not None and started in stale:
+            stale.remove(started)
+            return True
+        return False
+
+    def open_cancelled(self, now: float, started: float | None = None) -> None:
+        """A connect was cut off (cancelled, interrupted) before it finished."""
+        self._connect_ended(started)
         self._grow(now)
 
-    def opened(self, conn: Any, now: float) -> ConnRecord:
-        self.opening -= 1
+    def opened(self, conn: Any, now: float, started: float | None = None) -> ConnRecord:
+        """A connect succeeded (``started``: what ``begin_open`` was given as ``now``)."""
+        stale = self._connect_ended(started)
         self.connects += 1
         self.failures = 0
         self.retry_at = -math.inf
         rec = self.new_record(conn, now)
         if self.closed:
             self.retire(rec, "closed")
-        elif self.size >= self.cap:  # the pool was resized down while this one connected
+        elif stale:
+            self.retire(rec, "drained")
+            self._grow(now)
+        elif self.size + self.closing >= self.cap:  # resized down while this one connected
             self.retire(rec, "resized")
         elif not self.waiters and self.size >= self.max_size:
             # an overflow connect whose caller gave up (or was served) meanwhile
@@ -317,10 +356,10 @@ class PoolCore:
             self._grow(now)
         return rec
 
-    def open_failed(self, error: BaseException, now: float) -> None:
+    def open_failed(self, error: BaseException, now: float, started: float | None = None) -> None:
         """A connect failed. Back off; if nothing but a connect could ever serve the waiters,
         fail them now with ``error`` rather than let them sit out their timeouts."""
-        self.opening -= 1
+        self._connect_ended(started)
         self.connect_errors += 1
         self.failures += 1
         self.last_error = error
@@ -380,6 +419,12 @@ class PoolCore:
                 reason = "expired"
             elif self.max_uses and rec.uses >= self.max_uses:
                 reason = "max_uses"
+            elif self.size >= self.cap:
+                # resized down under load: surplus connections close even while callers
+                # wait, or a pool shrunk under load would keep its old size until it calms.
+                # (Closes in flight are not counted here: they are on their way out already,
+                # and counting them would close this one too and open another.)
+                reason = "resized"
             elif self.size >= self.max_size and not self.waiters:
                 reason = "overflow" if self.size < self.cap else "resized"
         if reason is not None:
@@ -501,6 +546,10 @@ class PoolCore:
                     self.plan.leaks.append(rec)
                 else:
                     wake = min(wake, rec.lent_at + lt)
+        if ka is not None and self.lent:
+            # a connection lent now is due for its keepalive ``ka`` after it comes back at the
+            # earliest; returns do not wake the housekeeper (they are the hot path)
+            wake = min(wake, now + ka)
         self._grow(now)
         if self._demand() > self.opening and now < self.retry_at:
             wake = min(wake, self.retry_at)
@@ -538,6 +587,7 @@ class PoolCore:
         """Start a new generation: idle connections close now, lent ones on return."""
         self.gen += 1
         self._expire_lent()
+        self.stale_started = list(self.connect_started)
         while self.idle:
             self.retire(self.idle.popleft(), "drained")
         self._grow(now)
@@ -573,6 +623,9 @@ class PoolCore:
         self.lent.clear()
         self.waiters.clear()
         self.opening = 0
+        self.closing = 0  # the parent's closes: its sessions, not ours
+        self.connect_started.clear()
+        self.stale_started.clear()
         self.plan = Plan()
         self.gen += 1
         return [c for c in inherited if c is not None]
@@ -600,6 +653,7 @@ class PoolCore:
             in_use=len(self.lent),
             waiting=len(self.waiters),
             opening=self.opening,
+            closing=self.closing,
             min_size=self.min_size,
             max_size=self.max_size,
             max_overflow=self.config.max_overflow,
@@ -628,6 +682,8 @@ class PoolCore:
         # begin_open or closed on arrival
         assert self.size <= self.cap or not self.idle, (self.size, self.cap)
         assert self.opening >= 0
+        assert self.closing >= 0
+        assert len(self.connect_started) <= self.opening
         assert not (self.idle and self.waiters), "idle connections while callers wait"
         keys = [r.key for r in self.idle]
         assert len(set(keys)) == len(keys), "a record is idle twice"

@@ -24,6 +24,8 @@ class PoolStats:
     max_size: int
     max_overflow: int
     closed: bool
+    #: connections retired whose close has not finished; they still count against the cap
+    closing: int = 0
     # counters
     checkouts: int = 0  # connections lent
     waits: int = 0  # checkouts that had to queue

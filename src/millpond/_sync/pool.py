@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import math
 import os
 import sys
 import threading
@@ -24,7 +23,7 @@ from millpond._core.messages import foreign_error, min_size_timeout
 from millpond._core.record import ConnRecord, Plan, Waiter
 from millpond._core.reset import Step
 from millpond._core.stats import PoolStats
-from millpond._shell import PoolBase, log
+from millpond._shell import RESET_TIMEOUT, PoolBase, log
 from millpond._sync.borrowed import Borrowed, Transaction
 from millpond._sync.watchdog import watchdog
 from millpond._sync.workers import Housekeeper, Workers
@@ -53,7 +52,15 @@ class _SyncWaiter(Waiter):
         self._lock.release()
 
     def wait(self, timeout: float) -> bool:
-        return self._lock.acquire(timeout=-1 if timeout == math.inf else max(timeout, 0.0))
+        return self._lock.acquire(timeout=-1 if timeout >= _FOREVER else max(timeout, 0.0))
+
+
+#: waits this long or longer are waits without a limit: the OS's timers overflow beyond it
+_FOREVER = threading.TIMEOUT_MAX
+
+
+def _wait_on(cond: threading.Condition, left: float) -> None:
+    cond.wait(None if left >= _FOREVER else left)
 
 
 class Pool(PoolBase):
@@ -122,7 +129,7 @@ class Pool(PoolBase):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise min_size_timeout(core, budget)
-                    self._changed.wait(left)
+                    _wait_on(self._changed, left)
 
     def _start_housekeeper(self) -> None:
         hk = Housekeeper(self.name, _weak_tick(self))
@@ -148,10 +155,12 @@ class Pool(PoolBase):
                 if left <= 0:
                     self._log_closed_in_use()
                     break
-                self._changed.wait(left)
-        self._workers.stop(budget)
+                _wait_on(self._changed, left)
+        # one deadline for everything: a worker stuck on a silent network does not get the
+        # whole budget again
+        self._workers.stop(max(0.0, deadline - time.monotonic()))
         if self._housekeeper is not None:
-            self._housekeeper.stop(budget)
+            self._housekeeper.stop(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> Pool:
         self.open()
@@ -191,28 +200,29 @@ class Pool(PoolBase):
         """
         if timeout is not None:
             self._timeout(timeout)
-        if self._leak_timeout is None and not fail_fast:
+        if self._leak_timeout is None:  # fail_fast matters only once the caller waits
+            # ``with``: an exception raised by a signal handler inside the block still
+            # releases the lock. Here and in putconn a record moves between idle and lent
+            # with no call in between (the points where CPython runs signal handlers), so an
+            # interruption never leaves it half-moved (tests/test_signal_safety.py).
             # twin: lend-idle
             core = self._core
-            lock = self._lock
-            lock.acquire()
-            idle = core.idle
-            if (
-                idle
-            ):
-                rec = idle.pop()
-                now = self._clock()
-                # idle records are always of the current generation: drain() retires them all
-                if now - rec.last_used < core.ping_window and now < rec.expires:
-                    rec.uses += 1
-                    rec.lent_at = now
-                    core.lent[rec.key] = rec
-                    conn = rec.conn
-                    rec.conn = None
-                    lock.release()
-                    return conn
-                idle.append(rec)
-            lock.release()
+            with self._lock:
+                idle = core.idle
+                if (
+                    idle
+                ):
+                    rec = idle[-1]
+                    now = self._clock()
+                    # idle records are always of the current generation: drain() retires them
+                    if now - rec.last_used < core.ping_window and now < rec.expires:
+                        del idle[-1]
+                        rec.uses += 1
+                        rec.lent_at = now
+                        core.lent[rec.key] = rec
+                        conn = rec.conn
+                        rec.conn = None
+                        return conn
             # twin: end
         return self._getconn_slow(timeout, fail_fast, sys._getframe(1))
 
@@ -305,37 +315,34 @@ class Pool(PoolBase):
         if not (discard or _error is not None or self._reset_always):
             # twin: return-idle
             # straight back idle: a connection of ours, no transaction open, autocommit as
-            # the pool left it; anything else takes the slow path, which decides
+            # the pool left it, no leak reported; anything else takes the slow path
             core = self._core
             rec = core.lent.get(id(conn))
             # ids are reused after a garbage collection: make sure it is the very object we lent
             if (
                 rec is not None
                 and not rec.resetting
+                and not rec.leak_reported
                 and (rec.pin is conn or (rec.ref is not None and rec.ref() is conn))
                 and not self._status(conn)
                 and (rec.autocommit is None or self._get_autocommit(conn) == rec.autocommit)
             ):
-                lock = self._lock
-                lock.acquire()
-                now = self._clock()
-                # drain() and close() expire lent records, so this one test covers them too
-                if (
-                    not rec.resetting
-                    and now < rec.expires
-                    and not core.waiters
-                    and rec.uses != core.max_uses
-                    and len(core.idle) + len(core.lent) <= core.max_size
-                    and core.lent.pop(rec.key, None) is rec
-                ):
-                    rec.conn = conn
-                    rec.last_used = now
-                    core.idle.append(rec)
-                    lock.release()
-                    if rec.leak_reported:
-                        self._log_leak_returned(rec, now)
-                    return
-                lock.release()
+                with self._lock:
+                    now = self._clock()
+                    # drain() and close() expire lent records, so this one test covers them
+                    if (
+                        not rec.resetting
+                        and now < rec.expires
+                        and not core.waiters
+                        and rec.uses != core.max_uses
+                        and len(core.idle) + len(core.lent) <= core.max_size
+                        and core.lent.get(rec.key) is rec
+                    ):
+                        del core.lent[rec.key]
+                        rec.conn = conn
+                        rec.last_used = now
+                        core.idle.append(rec)
+                        return
             # twin: end
         self._return_slow(conn, discard, _error)
 
@@ -353,7 +360,7 @@ class Pool(PoolBase):
             if steps:
                 with self._lock:
                     core.reset_begun(steps)
-                self._run_steps(rec, conn, steps)
+                self._bounded_steps(rec, conn, steps)
         except Exception as exc:
             with self._lock:
                 reason = self._reset_failure(exc, conn)
@@ -371,6 +378,19 @@ class Pool(PoolBase):
                 self._carry_out(plan)
         if rec.leak_reported:
             self._log_leak_returned(rec, now)
+
+    def _bounded_steps(self, rec: ConnRecord, conn: Any, steps: tuple[Step, ...]) -> None:
+        """Run the reset steps; a server that stops answering mid-reset gets its socket shut
+        down after ``RESET_TIMEOUT`` and the connection is closed instead of returned."""
+        token = watchdog.arm(
+            time.monotonic() + RESET_TIMEOUT, functools.partial(self._adapter.interrupt, conn)
+        )
+        try:
+            self._run_steps(rec, conn, steps)
+        finally:
+            interrupted = not watchdog.disarm(token)
+        if interrupted:
+            raise PoolTimeout(f"pool {self.name!r}: reset on return unanswered ({RESET_TIMEOUT:g}s)")
 
     def _run_steps(self, rec: ConnRecord, conn: Any, steps: tuple[Step, ...]) -> None:
         adapter = self._adapter
@@ -404,7 +424,7 @@ class Pool(PoolBase):
         for _ in range(plan.opens):
             if workers.stopped:
                 break
-            workers.submit(self._open_one)
+            workers.connect(self._open_one, self._core.cap)
         for rec in plan.pings:
             workers.submit(functools.partial(self._keepalive_ping, rec))
         for rec, reason in plan.closes:
@@ -417,7 +437,8 @@ class Pool(PoolBase):
     def _open_one(self) -> None:
         core = self._core
         with self._lock:
-            proceed = core.begin_open(self._clock())
+            started = self._clock()
+            proceed = core.begin_open(started)
             plan = core.flush()
         if plan:
             self._carry_out(plan)
@@ -426,10 +447,12 @@ class Pool(PoolBase):
         try:
             conn = self._adapter.connect()
             autocommit = self._setup(conn)
-        except Exception as exc:
+        except BaseException as exc:
+            # a BaseException too (SystemExit from a library, a gevent Timeout): it is a
+            # failed connect, or ``opening`` would stay counted forever
             failure = self._connect_failure(exc)
             with self._lock:
-                core.open_failed(failure, self._clock())
+                core.open_failed(failure, self._clock(), started)
                 self._changed.notify_all()
                 plan = core.flush()
             if plan:
@@ -439,7 +462,7 @@ class Pool(PoolBase):
                 hk.kick()  # it schedules the retry after the backoff
             return
         with self._lock:
-            rec = core.opened(conn, self._clock())
+            rec = core.opened(conn, self._clock(), started)
             rec.autocommit = autocommit
             self._watch(rec, conn)
             self._changed.notify_all()
@@ -477,12 +500,26 @@ class Pool(PoolBase):
     def _close_one(self, rec: ConnRecord, reason: str) -> None:
         conn = rec.conn if rec.conn is not None else rec.pin
         rec.conn = rec.pin = None
-        if conn is None:
-            return
         try:
-            self._adapter.close(conn)
-        except Exception as exc:
-            self._log_close_failed(reason, exc)
+            if conn is not None:
+                adapter = self._adapter
+                # a goodbye the network never delivers must not hold the slot forever
+                token = watchdog.arm(
+                    time.monotonic() + self._config.ping_timeout,
+                    functools.partial(adapter.interrupt, conn),
+                )
+                try:
+                    adapter.close(conn)
+                except Exception as exc:
+                    self._log_close_failed(reason, exc)
+                finally:
+                    watchdog.disarm(token)
+        finally:
+            with self._lock:
+                self._core.close_done(self._clock())
+                plan = self._core.flush()
+            if plan:
+                self._carry_out(plan)
 
     def _housekeep(self, items: list[object]) -> float:
         with self._lock:

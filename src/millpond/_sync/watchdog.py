@@ -67,7 +67,8 @@ class Watchdog:
                         heapq.heappop(self._heap)
                         fn = self._armed.pop(token)
                         break
-                    self._cond.wait(left)
+                    # a deadline years away (ping_timeout=1e10) overflows the OS timer
+                    self._cond.wait(min(left, 3600.0))
             try:
                 fn()
             except Exception:

@@ -107,6 +107,8 @@ class AiomysqlAdapter(AsyncAdapter):
         """
         if conn.closed:
             return TxStatus.BROKEN
+        if _unbuffered_active(conn):
+            return TxStatus.UNKNOWN  # rows of an SSCursor left unread: rollback() reads them
         flags = conn.server_status or 0
         if flags & _SERVER_STATUS_IN_TRANS:
             return TxStatus.INTRANS
@@ -115,6 +117,7 @@ class AiomysqlAdapter(AsyncAdapter):
         return TxStatus.UNKNOWN
 
     async def rollback(self, conn: Any) -> None:
+        await _finish_unbuffered(conn)
         await conn.rollback()
 
     async def full_reset(self, conn: Any) -> None:
@@ -128,6 +131,7 @@ class AiomysqlAdapter(AsyncAdapter):
         if execute is None or read_ok is None:
             raise NotImplementedError("this aiomysql cannot send COM_RESET_CONNECTION")
         autocommit = conn.get_autocommit()
+        await _finish_unbuffered(conn)
         try:
             await execute(_COM_RESET_CONNECTION, b"")
             await read_ok()
@@ -171,3 +175,16 @@ class AiomysqlAdapter(AsyncAdapter):
 
     async def rollback_transaction(self, conn: Any, token: Any = None) -> None:
         await conn.rollback()
+
+
+def _unbuffered_active(conn: Any) -> bool:
+    # on every return: plain attribute reads (the driver sets both in every connection)
+    result = conn._result
+    return result is not None and result.unbuffered_active is True
+
+
+async def _finish_unbuffered(conn: Any) -> None:
+    """Read the rest of an unbuffered (SSCursor) result a borrower left. aiomysql would do it
+    before the next query anyway, but with a UserWarning in the next borrower's code."""
+    if _unbuffered_active(conn):
+        await conn._result._finish_unbuffered_query()

@@ -108,11 +108,20 @@ class MySQLConnectorAdapter(SyncAdapter):
         So "not in a transaction" is trusted only in autocommit mode."""
         if self.is_closed(conn):
             return TxStatus.BROKEN
+        if conn.unread_result:
+            # a result set left unread: the next borrower's first query would fail with
+            # "Unread result found"; rollback() reads it first
+            return TxStatus.UNKNOWN
         if conn.in_transaction:
             return TxStatus.INTRANS
         if getattr(conn, "_autocommit", None) is True:
             return TxStatus.IDLE
         return TxStatus.UNKNOWN
+
+    def rollback(self, conn: Any) -> None:
+        if conn.unread_result:
+            conn.consume_results()
+        conn.rollback()
 
     def full_reset(self, conn: Any) -> None:
         """COM_RESET_CONNECTION via ``cmd_reset_connection()``, which also replays the

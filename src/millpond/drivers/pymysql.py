@@ -135,12 +135,18 @@ class PyMySQLAdapter(SyncAdapter):
         """
         if not conn.open:
             return TxStatus.BROKEN
+        if _unbuffered_active(conn):
+            return TxStatus.UNKNOWN  # rows of an SSCursor left unread: rollback() reads them
         flags = conn.server_status or 0
         if flags & _SERVER_STATUS_IN_TRANS:
             return TxStatus.INTRANS
         if flags & _SERVER_STATUS_AUTOCOMMIT:
             return TxStatus.IDLE
         return TxStatus.UNKNOWN
+
+    def rollback(self, conn: Any) -> None:
+        _finish_unbuffered(conn)
+        conn.rollback()
 
     def full_reset(self, conn: Any) -> None:
         """COM_RESET_CONNECTION: rolls back and clears user and session variables, temp
@@ -153,6 +159,7 @@ class PyMySQLAdapter(SyncAdapter):
         if execute is None or read_ok is None:
             raise NotImplementedError("this PyMySQL cannot send COM_RESET_CONNECTION")
         autocommit = conn.get_autocommit()
+        _finish_unbuffered(conn)
         try:
             execute(_COM_RESET_CONNECTION, b"")
             read_ok()
@@ -188,3 +195,16 @@ class PyMySQLAdapter(SyncAdapter):
         flags = conn.server_status or 0
         if flags & _SERVER_STATUS_AUTOCOMMIT and not flags & _SERVER_STATUS_IN_TRANS:
             conn.begin()
+
+
+def _unbuffered_active(conn: Any) -> bool:
+    # on every return: plain attribute reads (the driver sets both in every connection)
+    result = conn._result
+    return result is not None and result.unbuffered_active is True
+
+
+def _finish_unbuffered(conn: Any) -> None:
+    """Read the rest of an unbuffered (SSCursor) result a borrower left. PyMySQL would do it
+    before the next query anyway, but with a UserWarning in the next borrower's code."""
+    if _unbuffered_active(conn):
+        conn._result._finish_unbuffered_query()

@@ -111,8 +111,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
-from sqlalchemy.util import await_, greenlet_spawn
+from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util.concurrency import in_greenlet
+
+try:
+    from sqlalchemy.util import await_
+except ImportError:  # SQLAlchemy 2.0 calls it await_only (2.1 keeps that name, deprecated)
+    from sqlalchemy.util import await_only as await_
 
 import millpond
 from millpond.drivers import SyncAdapter, TxStatus

@@ -113,6 +113,8 @@ class _FakeSwitches:
         self.fail_ping: set[int] = set()
         self.fail_reset: set[int] = set()
         self.hang_ping: set[int] = set()  # sync: these pings block until interrupted
+        self.hang_reset: set[int] = set()  # sync: rollbacks and full resets block likewise
+        self.on_close: Callable[[], None] | None = None  # sync: called before each close
         self.fail_close: BaseException | None = None  # every close raises this while set
         self.on_connect: Callable[[], None] | None = None
 
@@ -150,6 +152,8 @@ class FakeDriver(_FakeSwitches, SyncAdapter):
     ``fail_connect``: an exception every connect raises while set.
     ``fail_ping`` / ``fail_reset``: connections whose ``number`` is in the set fail that step.
     ``fail_close``: an exception every close raises (after closing) while set.
+    ``hang_ping`` / ``hang_reset``: connections whose pings / resets block until interrupted.
+    ``on_close``: called before each close (tests use it to block or count).
     ``on_connect``: called before each connect (tests use it to block or count).
     """
 
@@ -171,9 +175,16 @@ class FakeDriver(_FakeSwitches, SyncAdapter):
             raise FakeDisconnect("ping failed")
 
     def close(self, conn: Any) -> None:
+        if self.on_close is not None:
+            self.on_close()
         conn.close()
         if self.fail_close is not None:
             raise self.fail_close
+
+    def _hang(self, conn: Any) -> None:
+        if conn.number in self.hang_reset:  # a server that stopped answering mid-reset
+            conn.unblock.wait(30)
+            raise FakeDisconnect("connection interrupted")
 
     def interrupt(self, conn: Any) -> bool:
         conn.broken = True
@@ -182,6 +193,7 @@ class FakeDriver(_FakeSwitches, SyncAdapter):
 
     def full_reset(self, conn: Any) -> None:
         conn._alive()
+        self._hang(conn)
         if conn.number in self.fail_reset:
             raise FakeError("reset failed")
         conn.rollback()
@@ -189,6 +201,7 @@ class FakeDriver(_FakeSwitches, SyncAdapter):
         conn.full_resets += 1
 
     def rollback(self, conn: Any) -> None:
+        self._hang(conn)
         if conn.number in self.fail_reset:
             raise FakeError("rollback failed")
         conn.rollback()

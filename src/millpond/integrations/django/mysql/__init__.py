@@ -1,0 +1,1 @@
+"""``ENGINE: "millpond.integrations.django.mysql"``: Django's MySQL/MariaDB backend on a millpond pool."""

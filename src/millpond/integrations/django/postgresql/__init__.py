@@ -1,0 +1,1 @@
+"""``ENGINE: "millpond.integrations.django.postgresql"``: Django's PostgreSQL backend on a millpond pool."""
