@@ -95,7 +95,8 @@ class PoolBase:
         - ``max_idle`` (600.0): close connections idle this long, above ``min_size``.
         - ``max_uses`` (0 = unlimited): retire a connection after this many checkouts.
         - ``pre_ping`` (True) and ``ping_window`` (0.5): validate a connection on checkout
-          unless it was returned (or opened) less than ``ping_window`` seconds ago.
+          unless it was returned (or opened) less than ``ping_window`` seconds ago; within
+          the window, one idle over 1 ms is pinged only if its socket shows the server hung up.
         - ``ping_timeout`` (5.0): a ping unanswered this long counts as dead.
         - ``reset`` ("rollback"): on return, "rollback" (only when a transaction is open),
           "full" (a pristine session), ``None`` (nothing: unsafe) or a callable.
