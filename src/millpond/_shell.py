@@ -9,6 +9,7 @@ connections, and the logging half of carrying out the core's plan. Each shell
 from __future__ import annotations
 
 import logging
+import math
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -30,6 +31,10 @@ log = logging.getLogger("millpond")
 #: how long a reset on return (rollback, full reset) may take before the connection is
 #: closed instead (its socket shut down, or the asyncio connection terminated)
 RESET_TIMEOUT = 10.0
+#: inside ``ping_window``, a connection idle longer than this gets the socket check (a
+#: zero-timeout poll: end-of-file or unread data means ping it) instead of nothing; one
+#: returned more recently is lent unchecked, so a hot checkout/return loop pays nothing
+PEEK_AFTER = 0.001
 
 
 class PoolBase:
@@ -90,7 +95,8 @@ class PoolBase:
         - ``max_idle`` (600.0): close connections idle this long, above ``min_size``.
         - ``max_uses`` (0 = unlimited): retire a connection after this many checkouts.
         - ``pre_ping`` (True) and ``ping_window`` (0.5): validate a connection on checkout
-          unless it was returned (or opened) less than ``ping_window`` seconds ago.
+          unless it was returned (or opened) less than ``ping_window`` seconds ago; within
+          the window, one idle over 1 ms is pinged only if its socket shows the server hung up.
         - ``ping_timeout`` (5.0): a ping unanswered this long counts as dead.
         - ``reset`` ("rollback"): on return, "rollback" (only when a transaction is open),
           "full" (a pristine session), ``None`` (nothing: unsafe) or a callable.
@@ -146,6 +152,9 @@ class PoolBase:
         self._full_reset_ok = bool(getattr(self._adapter, "supports_full_reset", True))
         self._status = self._adapter.status
         self._get_autocommit = self._adapter.get_autocommit
+        alive = getattr(self._adapter, "socket_alive", None)
+        self._socket_alive: Callable[[Any], bool] = alive if callable(alive) else _quiet
+        self._peek_after = PEEK_AFTER if config.pre_ping else math.inf
         self._leak_timeout = leak_timeout
         self._default_timeout = float(timeout)
         #: records of lent connections the garbage collector took; filled from weakref
@@ -273,6 +282,15 @@ class PoolBase:
     def _log_leak_returned(self, rec: ConnRecord, now: float) -> None:
         log.warning(messages.leak_returned(self._core, rec, now))
 
+    def _needs_ping(self, rec: ConnRecord, conn: Any, now: float) -> bool:
+        """A checkout pings a connection idle for ``ping_window``, and one idle for less
+        whose socket shows end-of-file or unread data (a backend killed right after the
+        return: failover, ``pg_terminate_backend``, ``idle_session_timeout``)."""
+        idle_for = now - rec.last_used
+        if idle_for >= self._core.ping_window:
+            return True
+        return idle_for >= self._peek_after and not self._socket_alive(conn)
+
     def _log_ping_failed(self, exc: BaseException, keepalive: bool = False) -> None:
         what = "an idle connection failed its keepalive ping" if keepalive else (
             "discarding a connection that failed its ping"
@@ -304,3 +322,8 @@ class PoolBase:
 
 def _nothing() -> None:
     pass
+
+
+def _quiet(conn: Any) -> bool:
+    """socket_alive for an adapter without one: nothing known, nothing to check."""
+    return True

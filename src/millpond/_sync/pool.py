@@ -215,7 +215,14 @@ class Pool(PoolBase):
                     rec = idle[-1]
                     now = self._clock()
                     # idle records are always of the current generation: drain() retires them
-                    if now - rec.last_used < core.ping_window and now < rec.expires:
+                    idle_for = now - rec.last_used
+                    # inside ping_window a connection idle beyond a moment gets a zero-timeout poll
+                    # of its socket (no round trip): end-of-file or unread data sends it to a ping
+                    if (
+                        idle_for < core.ping_window
+                        and now < rec.expires
+                        and (idle_for < self._peek_after or self._socket_alive(rec.conn))
+                    ):
                         del idle[-1]
                         rec.uses += 1
                         rec.lent_at = now
@@ -243,7 +250,7 @@ class Pool(PoolBase):
             rec = got if isinstance(got, ConnRecord) else self._wait(got, deadline, budget)
             conn = rec.conn
             now = clock()
-            if now - rec.last_used >= core.ping_window and not self._ping(rec, conn, now, deadline):
+            if self._needs_ping(rec, conn, now) and not self._ping(rec, conn, now, deadline):
                 if time.monotonic() >= deadline:
                     with self._lock:
                         raise core.timed_out(budget, clock())
@@ -390,7 +397,9 @@ class Pool(PoolBase):
         finally:
             interrupted = not watchdog.disarm(token)
         if interrupted:
-            raise PoolTimeout(f"pool {self.name!r}: reset on return unanswered ({RESET_TIMEOUT:g}s)")
+            raise PoolTimeout(
+                f"pool {self.name!r}: reset on return unanswered ({RESET_TIMEOUT:g}s)"
+            )
 
     def _run_steps(self, rec: ConnRecord, conn: Any, steps: tuple[Step, ...]) -> None:
         adapter = self._adapter

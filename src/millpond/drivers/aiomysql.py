@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from millpond.drivers.async_base import AsyncAdapter
+from millpond.drivers.async_base import AsyncAdapter, transport_fd
 from millpond.drivers.async_url import check_connect_kwargs
 from millpond.drivers.base import ConnectParams, TxStatus, load_driver
 from millpond.drivers.pymysql import MYSQL_DISCONNECT_CODES
@@ -66,6 +66,10 @@ class AiomysqlAdapter(AsyncAdapter):
     async def close(self, conn: Any) -> None:
         if not conn.closed:  # a broken connection has dropped its socket already
             await conn.ensure_closed()  # COM_QUIT, then close the socket
+
+    def socket_fd(self, conn: Any) -> int | None:
+        writer = getattr(conn, "_writer", None)
+        return transport_fd(getattr(writer, "transport", None))
 
     def terminate(self, conn: Any) -> None:
         # aiomysql's close() is synchronous but lets the transport flush what is buffered

@@ -13,10 +13,20 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from millpond.drivers.base import TxStatus, redact
+from millpond.drivers.base import TxStatus, redact, socket_quiet
 from millpond.errors import ConfigError
 
-__all__ = ["AsyncAdapter"]
+__all__ = ["AsyncAdapter", "transport_fd"]
+
+
+def transport_fd(transport: Any) -> int | None:
+    """The socket descriptor behind an asyncio transport (-1 once it is closing)."""
+    if transport is None:
+        return None
+    if transport.is_closing():
+        return -1
+    sock = transport.get_extra_info("socket")
+    return None if sock is None else int(sock.fileno())
 
 
 class AsyncAdapter:
@@ -86,6 +96,27 @@ class AsyncAdapter:
         cancelling the query server-side (asyncpg) lets that finish first, so the statement
         does not run on with its locks."""
         self.terminate(conn)
+
+    def socket_fd(self, conn: Any) -> int | None:
+        """The descriptor of the connection's socket, None if the driver exposes none."""
+        fileno = getattr(conn, "fileno", None)
+        if not callable(fileno):
+            return None
+        try:
+            fd = fileno()
+        except Exception:  # closed: the ping that follows says so
+            return -1
+        return fd if isinstance(fd, int) else None
+
+    def socket_alive(self, conn: Any) -> bool:
+        """Cheap liveness check of an idle connection, without a round trip (never blocks
+        the loop): False when its socket shows end-of-file or unread data (the pool then
+        pings it), True when quiet or when the driver exposes no socket."""
+        try:
+            fd = self.socket_fd(conn)
+        except Exception:  # a driver's internals changed: let the ping decide
+            return False
+        return fd is None or (fd >= 0 and socket_quiet(fd))
 
     def is_closed(self, conn: Any) -> bool:
         closed = getattr(conn, "closed", False)

@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from millpond.drivers.async_base import AsyncAdapter
+from millpond.drivers.async_base import AsyncAdapter, transport_fd
 from millpond.drivers.async_url import check_connect_kwargs
 from millpond.drivers.base import ConnectParams, TxStatus, load_driver
 from millpond.errors import ConfigError
@@ -80,6 +80,9 @@ class AsyncpgAdapter(AsyncAdapter):
     async def close(self, conn: Any) -> None:
         # sends Terminate and waits for the server to hang up; aborts the socket on failure
         await conn.close()
+
+    def socket_fd(self, conn: Any) -> int | None:
+        return transport_fd(getattr(conn, "_transport", None))
 
     def terminate(self, conn: Any) -> None:
         conn.terminate()  # aborts the transport: no message, no wait

@@ -13,6 +13,7 @@ import enum
 import importlib
 import inspect
 import os
+import select
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "redact",
     "scrub_error",
     "shutdown_socket",
+    "socket_quiet",
 ]
 
 
@@ -175,6 +177,28 @@ def shutdown_socket(fd: int) -> bool:
     return True
 
 
+def socket_quiet(fd: int | None) -> bool:
+    """True unless the idle socket behind ``fd`` has something to read: end-of-file (the
+    server hung up: failover, a terminated backend, an idle timeout), an error, or data
+    nobody asked for (the server's goodbye message). A zero-timeout poll, no round trip;
+    ``None`` (no socket known) counts as quiet."""
+    if fd is None or fd < 0:
+        return True
+    try:
+        if _poll is not None:
+            p = _poll()
+            p.register(fd, _POLL_EVENTS)
+            return not p.poll(0)
+        readable, _, failed = select.select([fd], [], [fd], 0)
+        return not (readable or failed)
+    except (OSError, ValueError):
+        return False  # a descriptor that cannot even be polled: let the ping decide
+
+
+_poll = getattr(select, "poll", None)  # not on Windows
+_POLL_EVENTS = getattr(select, "POLLIN", 1) | getattr(select, "POLLPRI", 2)
+
+
 class SyncAdapter:
     """Generic DB-API 2.0 adapter: ``connect`` is a zero-argument callable.
 
@@ -238,6 +262,27 @@ class SyncAdapter:
         if not callable(fileno):
             return False
         return shutdown_socket(fileno())
+
+    def socket_fd(self, conn: Any) -> int | None:
+        """The descriptor of the connection's socket, None if the driver exposes none."""
+        fileno = getattr(conn, "fileno", None)
+        if not callable(fileno):
+            return None
+        try:
+            fd = fileno()
+        except Exception:  # closed: the ping that follows says so
+            return -1
+        return fd if isinstance(fd, int) else None
+
+    def socket_alive(self, conn: Any) -> bool:
+        """Cheap liveness check of an idle connection, without a round trip: False when its
+        socket shows end-of-file or unread data (the pool then pings it), True when quiet
+        or when the driver exposes no socket."""
+        try:
+            fd = self.socket_fd(conn)
+        except Exception:  # a driver's internals changed: let the ping decide
+            return False
+        return fd is None or (fd >= 0 and socket_quiet(fd))
 
     def is_closed(self, conn: Any) -> bool:
         """True if the connection is known to be closed (the user closed it, or it broke)."""

@@ -54,6 +54,11 @@ class MySQLConnectorAdapter(SyncAdapter):
 
         return cls(connect, description=description, secrets=secrets, module=mysql_connector)
 
+    def socket_fd(self, conn: Any) -> int | None:
+        holder = getattr(conn, "_socket", None)  # the C extension exposes no socket
+        sock = getattr(holder, "sock", None)
+        return None if sock is None else int(sock.fileno())
+
     def interrupt(self, conn: Any) -> bool:
         holder = getattr(conn, "_socket", None)  # mysql-connector's pure-Python transport
         sock = getattr(holder, "sock", None)

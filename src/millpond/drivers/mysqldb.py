@@ -156,6 +156,12 @@ class MySQLdbAdapter(SyncAdapter):
         if conn.open:  # closing twice raises
             conn.close()
 
+    def socket_fd(self, conn: Any) -> int | None:
+        fd = getattr(conn, "_millpond_fd", None)
+        if fd is None:
+            return None
+        return int(fd) if conn.open else -1
+
     def interrupt(self, conn: Any) -> bool:
         fd = getattr(conn, "_millpond_fd", None)
         if fd is None or not conn.open:

@@ -100,6 +100,10 @@ class PyMySQLAdapter(SyncAdapter):
         if conn.open:
             conn.close()
 
+    def socket_fd(self, conn: Any) -> int | None:
+        sock = getattr(conn, "_sock", None)
+        return None if sock is None else int(sock.fileno())
+
     def interrupt(self, conn: Any) -> bool:
         sock = getattr(conn, "_sock", None)  # PyMySQL keeps its socket there
         if sock is None:
