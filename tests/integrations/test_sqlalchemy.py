@@ -221,11 +221,17 @@ def record_events(pool: Any) -> list[str]:
     return seen
 
 
+def sqlalchemy_type(exc: BaseException) -> type[BaseException]:
+    """The most derived SQLAlchemy class of ``exc``: millpond's errors subclass SQLAlchemy's
+    (``PoolTimeoutError`` is a ``sqlalchemy.exc.TimeoutError``) and compare as those."""
+    return next(c for c in type(exc).__mro__ if c.__module__.startswith("sqlalchemy"))
+
+
 def timeout_shape(exc: BaseException) -> tuple[Any, ...]:
     """The parts of QueuePool's timeout message, with the pool's class name left out."""
     m = TIMEOUT_SHAPE.match(str(exc))
     assert m is not None, str(exc)
-    return type(exc), getattr(exc, "code", None), m.group(2), m.group(3), m.group(4)
+    return sqlalchemy_type(exc), getattr(exc, "code", None), m.group(2), m.group(3), m.group(4)
 
 
 def differential(script: Callable[[type[Pool]], Any], ours: type[Pool] = MillpondPool) -> Any:
@@ -287,6 +293,92 @@ def test_timeout_message_names_the_class_and_adds_diagnostics(tmp_path: Any) -> 
         assert isinstance(info.value.__cause__, millpond.PoolTimeout)
     finally:
         engine.dispose()
+
+
+def test_checkout_errors_are_sqlalchemys_and_millponds(tmp_path: Any) -> None:
+    """Code written for QueuePool catches ``sqlalchemy.exc.TimeoutError``; code written for
+    millpond catches ``millpond.PoolTimeout`` (a builtin ``TimeoutError``): both work."""
+    from millpond.integrations.sqlalchemy import PoolTimeoutError, TooManyWaitersError
+
+    def engine_for(timeout: float) -> Engine:
+        return sa.create_engine(
+            f"sqlite:///{tmp_path / 'x.sqlite'}",
+            poolclass=MillpondPool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=timeout,
+            max_waiting=1,
+        )
+
+    engine = engine_for(0.05)
+    try:
+        with engine.connect():
+            for caught in (sa.exc.TimeoutError, millpond.PoolTimeout, TimeoutError):
+                with pytest.raises(caught) as info:
+                    engine.connect()
+                assert type(info.value) is PoolTimeoutError
+                assert info.value.code == "3o7r"
+                assert isinstance(info.value.__cause__, millpond.PoolTimeout)
+    finally:
+        engine.dispose()
+
+    engine = engine_for(10)
+    try:
+        served: list[Any] = []
+
+        def wait_in_line() -> None:
+            with engine.connect() as conn:
+                served.append(conn.exec_driver_sql("SELECT 1").scalar())
+
+        waiter = threading.Thread(target=wait_in_line)
+        with engine.connect():
+            waiter.start()
+            wait_until(lambda: engine.pool.stats().waiting == 1, "a caller queued")
+            # max_waiting=1 and one caller queued: the next ones are shed at once
+            for caught in (sa.exc.TimeoutError, millpond.TooManyWaiters):
+                with pytest.raises(caught) as shed:
+                    engine.connect()
+                assert type(shed.value) is TooManyWaitersError
+                assert "too many callers waiting" in str(shed.value)
+        waiter.join(10)
+        assert served == [1] and engine.pool.stats().shed == 2
+    finally:
+        engine.dispose()
+
+
+def test_pool_timeout_none_waits_for_a_return() -> None:
+    """QueuePool waits forever with ``pool_timeout=None``; millpond used to refuse it."""
+    import sqlite3
+
+    def script(cls: type[Pool]) -> tuple[Any, ...]:
+        engine = sa.create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(":memory:", check_same_thread=False),
+            poolclass=cls,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=None,
+        )
+        try:
+            held = engine.connect()
+            got: list[Any] = []
+
+            def borrow() -> None:
+                with engine.connect() as conn:
+                    got.append(conn.exec_driver_sql("SELECT 1").scalar())
+
+            waiter = threading.Thread(target=borrow)
+            waiter.start()
+            # longer than any default bound millpond has (ping, connect backoff): still waiting
+            waiter.join(1.5)
+            still_waiting = waiter.is_alive() and not got
+            held.close()
+            waiter.join(10)
+            return engine.pool.timeout(), still_waiting, got
+        finally:
+            engine.dispose()
+
+    assert differential(script) == (None, True, [1])
 
 
 def test_pool_timeout_bounds_the_wait_for_a_return_not_the_connect(tmp_path: Any) -> None:
@@ -787,6 +879,29 @@ def test_pool_classes_refuse_the_wrong_kind_of_engine() -> None:
         sa.create_engine("sqlite://", poolclass=MillpondPool, pool_timeout=-1)
 
 
+@pytest.mark.parametrize(
+    ("kw", "named"),
+    [
+        ({"pool_timeout": -1}, "pool_timeout=-1"),
+        ({"pool_timeout": "30"}, "pool_timeout='30'"),
+        ({"pool_size": -1}, "pool_size=-1"),
+        ({"pool_size": 2.5}, "pool_size=2.5"),
+        ({"max_overflow": "x"}, "max_overflow='x'"),
+        ({"pool_recycle": "1h"}, "pool_recycle='1h'"),
+        ({"max_idle": -1}, "max_idle=-1"),
+    ],
+)
+def test_bad_arguments_raise_sqlalchemys_argument_error(kw: dict[str, Any], named: str) -> None:
+    """Named as create_engine spells them, and catchable as either library's error."""
+    from millpond.integrations.sqlalchemy import PoolArgumentError
+
+    with pytest.raises(sa.exc.ArgumentError) as info:
+        sa.create_engine("sqlite://", poolclass=MillpondPool, **kw)
+    assert type(info.value) is PoolArgumentError
+    assert isinstance(info.value, millpond.ConfigError)
+    assert str(info.value).startswith(named), str(info.value)
+
+
 # -- the async twin, on asyncpg --------------------------------------------------------------
 
 
@@ -955,6 +1070,28 @@ def test_async_waiters_and_cancellation(adb: Db) -> None:
             await engine.dispose()
 
     assert async_differential(script) == (1, (1, 1, 0, 0), 1)
+
+
+@pytest.mark.postgres
+def test_async_pool_timeout_none_waits_for_a_return(adb: Db) -> None:
+    async def script(cls: type[Pool]) -> tuple[Any, ...]:
+        engine = async_engine(adb, cls, pool_size=1, max_overflow=0, pool_timeout=None)
+        try:
+            held = await engine.connect()
+
+            async def use() -> Any:
+                async with engine.connect() as conn:
+                    return (await conn.exec_driver_sql("SELECT 1")).scalar()
+
+            waiter = asyncio.ensure_future(use())
+            await asyncio.sleep(1.5)
+            still_waiting = not waiter.done()
+            await held.close()
+            return engine.pool.timeout(), still_waiting, await asyncio.wait_for(waiter, 10)
+        finally:
+            await engine.dispose()
+
+    assert async_differential(script) == (None, True, 1)
 
 
 @pytest.mark.postgres

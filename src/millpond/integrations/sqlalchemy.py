@@ -66,6 +66,19 @@ Keyword arguments ``create_engine`` passes straight through to the pool: ``min_s
 ``max_waiting`` (0: unbounded), ``leak_timeout`` (None), ``keepalive`` (None). ``pool.stats()``
 returns millpond's :class:`millpond.PoolStats`.
 
+Errors
+------
+A checkout that times out raises :class:`PoolTimeoutError`, a ``sqlalchemy.exc.TimeoutError``
+with QueuePool's message shape and error code that is also a :class:`millpond.PoolTimeout`:
+code written for either library catches it, and millpond's own error is its ``__cause__``. A
+caller shed by ``max_waiting`` gets :class:`TooManyWaitersError` (``sqlalchemy.exc.TimeoutError``
+and :class:`millpond.TooManyWaiters`). A failed connect raises the driver's error, which the
+engine wraps as it does QueuePool's (``OperationalError``, ``connection_invalidated``). An
+invalid pool argument raises :class:`PoolArgumentError` (``sqlalchemy.exc.ArgumentError`` and
+:class:`millpond.ConfigError`) from ``create_engine``, naming the argument as ``create_engine``
+spells it; QueuePool accepts such values and fails later, or never. ``pool_timeout=None``
+waits for a return forever, as in QueuePool.
+
 Differences from QueuePool
 --------------------------
 * Idle connections are lent most-recently-used first (``pool_use_lifo`` is accepted and has no
@@ -101,6 +114,7 @@ import collections
 import contextlib
 import gc
 import logging
+import math
 import os
 import threading
 import time
@@ -123,6 +137,7 @@ import millpond
 from millpond.drivers import SyncAdapter, TxStatus
 from millpond.drivers.async_base import AsyncAdapter
 from millpond.errors import (
+    ConfigError,
     ConnectError,
     PoolError,
     PoolTimeout,
@@ -142,7 +157,13 @@ if TYPE_CHECKING:
         _ResetStyleArgType,
     )
 
-__all__ = ["AsyncMillpondPool", "MillpondPool"]
+__all__ = [
+    "AsyncMillpondPool",
+    "MillpondPool",
+    "PoolArgumentError",
+    "PoolTimeoutError",
+    "TooManyWaitersError",
+]
 
 log = logging.getLogger("millpond")
 
@@ -157,6 +178,69 @@ CONNECT_TIMEOUT = 30.0
 _SPARE_CAP = 64
 
 _P = TypeVar("_P", bound="_MillpondPoolBase")
+
+
+# -- errors: SQLAlchemy's types, and millpond's too ----------------------------------------------
+
+
+class PoolTimeoutError(sa_exc.TimeoutError, PoolTimeout):
+    """A checkout timed out. ``sqlalchemy.exc.TimeoutError`` (what code written for QueuePool
+    catches, with QueuePool's message and error code) and :class:`millpond.PoolTimeout` (and so
+    the builtin ``TimeoutError``) at once; millpond's own error is chained as ``__cause__``."""
+
+
+class TooManyWaitersError(sa_exc.TimeoutError, TooManyWaiters):
+    """``max_waiting`` callers were already queued: ``sqlalchemy.exc.TimeoutError`` (QueuePool
+    has no load shedding, a refusal is its nearest kind of failure) and
+    :class:`millpond.TooManyWaiters`."""
+
+
+class PoolArgumentError(sa_exc.ArgumentError, ConfigError):
+    """An invalid pool argument of ``create_engine``: ``sqlalchemy.exc.ArgumentError`` and
+    :class:`millpond.ConfigError` (a ``ValueError``). The message names the argument as
+    ``create_engine`` spells it (``pool_timeout``, not millpond's ``timeout``)."""
+
+
+#: millpond's option -> the create_engine argument it comes from, for error messages
+_ARGUMENT_NAMES = {
+    "timeout": "pool_timeout",
+    "max_size": "pool_size",
+    "max_lifetime": "pool_recycle",
+}
+
+
+def _argument_error(exc: ConfigError) -> PoolArgumentError:
+    text = str(exc)
+    option, sep, rest = text.partition("=")
+    if sep and option in _ARGUMENT_NAMES:
+        text = f"{_ARGUMENT_NAMES[option]}={rest}"
+    return PoolArgumentError(text)
+
+
+def _check_arguments(pool_size: Any, max_overflow: Any, timeout: Any, recycle: Any) -> None:
+    """What millpond cannot word in create_engine's terms: the arguments converted here."""
+    if not _is_int(pool_size) or pool_size < 0:
+        raise PoolArgumentError(f"pool_size={pool_size!r} must be an integer >= 0 (0: no limit)")
+    if not _is_int(max_overflow):
+        raise PoolArgumentError(
+            f"max_overflow={max_overflow!r} must be an integer (negative: no limit)"
+        )
+    if timeout is not None and not _is_number(timeout):
+        raise PoolArgumentError(
+            f"pool_timeout={timeout!r} must be a number of seconds, or None to wait forever"
+        )
+    if not _is_number(recycle):
+        raise PoolArgumentError(
+            f"pool_recycle={recycle!r} must be a number of seconds (negative: never)"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # -- returns from inside the garbage collector -----------------------------------------------
@@ -477,7 +561,7 @@ class _MillpondPoolBase(Pool):
         creator: _CreatorFnType | _CreatorWRecFnType,
         pool_size: int = 5,
         max_overflow: int = 10,
-        timeout: float = 30.0,
+        timeout: float | None = 30.0,
         use_lifo: bool = False,
         recycle: float = -1,
         echo: _EchoFlagType = None,
@@ -495,6 +579,7 @@ class _MillpondPoolBase(Pool):
         leak_timeout: float | None = None,
         keepalive: float | None = None,
     ) -> None:
+        _check_arguments(pool_size, max_overflow, timeout, recycle)
         # recycle=-1: SQLAlchemy's check at checkout stays off, millpond retires by age
         Pool.__init__(
             self,
@@ -526,7 +611,8 @@ class _MillpondPoolBase(Pool):
             **self._mp_extras,
             "max_size": max_size,
             "max_overflow": overflow,
-            "timeout": timeout,
+            # None: QueuePool waits forever
+            "timeout": math.inf if timeout is None else timeout,
             "max_lifetime": _lifetime(recycle),
             "pre_ping": False,  # SQLAlchemy's pre-ping (the dialect's do_ping) does it
             "reset": None,  # SQLAlchemy's reset on return does it
@@ -535,7 +621,10 @@ class _MillpondPoolBase(Pool):
         self._mp_open = False
         self._mp_cap = max_size + overflow
         self._mp_spare_cap = min(self._mp_cap, _SPARE_CAP)
-        self._mp = self._new_engine_pool()
+        try:
+            self._mp = self._new_engine_pool()
+        except ConfigError as exc:
+            raise _argument_error(exc) from exc
 
     def _new_engine_pool(self) -> millpond.Pool | millpond.AsyncPool:
         raise NotImplementedError
@@ -579,8 +668,11 @@ class _MillpondPoolBase(Pool):
     def size(self) -> int:
         return self._pool_size
 
-    def timeout(self) -> float:
+    def timeout(self) -> float | None:
         return self._timeout
+
+    def _timeout_text(self) -> str:
+        return "None" if self._timeout is None else f"{self._timeout:0.2f}"
 
     def checkedin(self) -> int:
         return self._gauges()[1]
@@ -618,7 +710,7 @@ class _MillpondPoolBase(Pool):
                 text = (
                     f"{name} could not open a connection within {CONNECT_TIMEOUT:g}s "
                     f"(below its limit of size {self.size()} overflow {self._max_overflow}, "
-                    f"timeout {self._timeout:0.2f}); {exc}"
+                    f"timeout {self._timeout_text()}); {exc}"
                 )
             else:
                 what = (
@@ -628,9 +720,10 @@ class _MillpondPoolBase(Pool):
                 )
                 text = (
                     f"{name} limit of size {self.size()} overflow {self.overflow()} reached, "
-                    f"{what}, timeout {self._timeout:0.2f}; {exc}"
+                    f"{what}, timeout {self._timeout_text()}; {exc}"
                 )
-            error = sa_exc.TimeoutError(text, code="3o7r")
+            kind = PoolTimeoutError if isinstance(exc, PoolTimeout) else TooManyWaitersError
+            error = kind(text, code="3o7r")
             error.__cause__ = exc
             return error
         return exc
