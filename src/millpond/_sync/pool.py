@@ -35,6 +35,8 @@ __all__ = ["Pool"]
 _new = object.__new__
 
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+#: seconds after fork() before a child's pool starts refilling to min_size
+AFTER_FORK_REFILL = 0.05
 # connections inherited across fork(): kept alive forever in the child, because a driver's
 # finalizer would otherwise say goodbye to the server on the parent's socket
 _fork_graveyard: list[Any] = []
@@ -131,8 +133,8 @@ class Pool(PoolBase):
                         raise min_size_timeout(core, budget)
                     _wait_on(self._changed, left)
 
-    def _start_housekeeper(self) -> None:
-        hk = Housekeeper(self.name, _weak_tick(self))
+    def _start_housekeeper(self, first_tick: float = 0.0) -> None:
+        hk = Housekeeper(self.name, _weak_tick(self), first_tick)
         self._housekeeper = hk
         self._gc_notify = hk.kick
 
@@ -580,8 +582,9 @@ class Pool(PoolBase):
         _fork_graveyard.extend(self._core.after_fork())
         self._workers = Workers(self.name, self._config.workers)
         if self._core.started and not self._core.closed:
-            self._start_housekeeper()
-            self._gc_notify()  # refill to min_size in the background
+            # refill to min_size in the background, but not before the child's own at-fork
+            # and start-up hooks had a moment to size it (integrations.lifecycle does)
+            self._start_housekeeper(first_tick=AFTER_FORK_REFILL)
 
 
 def _weak_tick(pool: Pool) -> Callable[[list[object]], float]:

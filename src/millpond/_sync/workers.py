@@ -124,8 +124,11 @@ class Housekeeper:
     including one that holds the pool's lock.
     """
 
-    def __init__(self, name: str, tick: Callable[[list[object]], float]) -> None:
+    def __init__(
+        self, name: str, tick: Callable[[list[object]], float], first_tick: float = 0.0
+    ) -> None:
         self._tick = tick
+        self._first_tick = first_tick
         self._queue: SimpleQueue[object] = SimpleQueue()
         self._thread = threading.Thread(
             target=self._run, name=f"millpond-{name}-housekeeper", daemon=True
@@ -137,7 +140,7 @@ class Housekeeper:
         self._queue.put(item)
 
     def _run(self) -> None:
-        delay = 0.0
+        delay = self._first_tick
         while True:
             items: list[object] = []
             with contextlib.suppress(Empty):

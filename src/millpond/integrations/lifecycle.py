@@ -138,6 +138,13 @@ def _after_fork_in_child() -> None:
     # another thread of the parent may have held the lock at the fork: it never lets go here
     global _lock
     _lock = threading.Lock()
+    # size the child's pools at once, in the fork itself: a worker's own start-up hook
+    # (Celery's worker_process_init) comes later, after the pool has begun refilling to the
+    # parent's min_size
+    try:
+        child_started()
+    except Exception:
+        log.exception("sizing the pools of a new child process failed")
 
 
 if hasattr(os, "register_at_fork"):
