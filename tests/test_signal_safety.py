@@ -98,8 +98,12 @@ def test_a_signal_anywhere_in_the_fast_paths_loses_nothing(path: str) -> None:
                 pool.putconn(conn)
         return pool, driver
 
-    pool, _ = run(None)  # count the signal points on the fast path
-    pool.close(timeout=1)
+    # count the signal points on the fast path; the first traced call only warms up
+    # (Python 3.12 sends no opcode events to a frame on the first traced call of its code)
+    for _ in range(2):
+        seen.clear()
+        pool, _ = run(None)
+        pool.close(timeout=1)
     points = len(seen)
     assert points >= 2, seen  # the check is not vacuous
     for point in range(points):

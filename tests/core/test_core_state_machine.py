@@ -141,22 +141,28 @@ class CoreMachine(RuleBasedStateMachine):
         self.queue.remove(w)
         self.apply()
 
-    @rule(ok=st.booleans())
+    @rule(ok=st.booleans(), drained_meanwhile=st.booleans())
     @precondition(lambda self: self.core is not None and self.planned > 0)
-    def worker_connects(self, ok: bool) -> None:
+    def worker_connects(self, ok: bool, drained_meanwhile: bool) -> None:
         core = self.core
         assert core is not None
         self.planned -= 1
-        if not core.begin_open(self.now):
+        ticket = core.begin_open(self.now)
+        if ticket is None:
             self.apply()
             return
+        if drained_meanwhile:  # a credential rotation while this connect was under way
+            core.drain(self.now)
+            self.apply()
         if ok:
             conn = Conn(self.numbers)
             self.numbers += 1
             self.all_conns.append(conn)
-            core.opened(conn, self.now)
+            rec = core.opened(conn, self.now, ticket)
+            if drained_meanwhile:
+                assert rec not in core.idle and rec.key not in core.lent, "a stale connect kept"
         else:
-            core.open_failed(RuntimeError("refused"), self.now)
+            core.open_failed(RuntimeError("refused"), self.now, ticket)
         self.apply()
 
     @rule(data=st.data())

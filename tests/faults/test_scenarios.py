@@ -1373,3 +1373,101 @@ def test_fork(fresh_pg: DisposablePostgres, how: str, figures: Figures) -> None:
     assert not stats.closed_by_reason, stats.closed_by_reason
     # each process's pool stays within its own cap; the server sees both at once
     assert monitor.peak <= 2 * max_size
+
+
+# == (h) hardening on a real network: a silent server while returning or closing ==========
+
+
+@pytest.mark.postgres
+def test_blackhole_during_the_return_rollback_pg(
+    fresh_pg: DisposablePostgres, pg_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The network goes silent while a borrower still has a transaction open: the ROLLBACK
+    on return never gets an answer. The return is bounded (RESET_TIMEOUT, shortened here)
+    and the connection closed, not returned; before, putconn blocked forever."""
+    monkeypatch.setattr("millpond._sync.pool.RESET_TIMEOUT", 1.0)
+    app = unique_app("blackhole-return")
+    pool = millpond.Pool(
+        fresh_pg.url_at(pg_proxy.port),
+        connect_kwargs=pg_kwargs(app, PG_CONNECT_TIMEOUT),
+        min_size=0,
+        max_size=1,
+        timeout=5,
+        name="blackhole-return",
+    )
+    ex = ThreadPoolExecutor(1)
+    try:
+        conn = pool.getconn()
+        scalar(conn, "SELECT 1")  # psycopg opens a transaction: the return rolls back
+        pg_proxy.blackhole()
+        started = time.monotonic()
+        future = ex.submit(pool.putconn, conn)
+        future.result(timeout=1.0 + 5 + MARGIN)  # raises TimeoutError if it hangs
+        assert time.monotonic() - started < 1.0 + MARGIN + 1.0
+        s = pool.stats()
+        assert s.size == 0 and s.in_use == 0, s
+        assert s.reset_failures == 1, s
+        assert conn.closed
+    finally:
+        pg_proxy.pass_through()
+        ex.shutdown(wait=True)
+        pool.close(timeout=1)
+
+
+@pytest.mark.mysql
+def test_blackhole_during_the_return_rollback_pymysql(
+    mysql_url: str, mysql_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("millpond._sync.pool.RESET_TIMEOUT", 1.0)
+    params = mysql_params(mysql_url)
+    url = f"mysql://{params['user']}@127.0.0.1:{mysql_proxy.port}/{params['database']}"
+    pool = millpond.Pool(url, min_size=0, max_size=1, timeout=5, name="blackhole-return-my")
+    ex = ThreadPoolExecutor(1)
+    try:
+        conn = pool.getconn()
+        conn.begin()
+        scalar(conn, "SELECT 1")
+        mysql_proxy.blackhole()
+        started = time.monotonic()
+        ex.submit(pool.putconn, conn).result(timeout=1.0 + 5 + MARGIN)
+        assert time.monotonic() - started < 1.0 + MARGIN + 1.0
+        s = pool.stats()
+        assert s.size == 0 and s.in_use == 0 and s.reset_failures == 1, s
+    finally:
+        mysql_proxy.pass_through()
+        ex.shutdown(wait=True)
+        pool.close(timeout=1)
+
+
+@pytest.mark.postgres
+def test_close_returns_within_its_timeout_while_connects_hang(
+    fresh_pg: DisposablePostgres, pg_proxy: FaultProxy
+) -> None:
+    """Connects swallowed by a blackhole (longer than close's timeout): close(timeout=1)
+    returns in about a second, one budget in all, not one per connect thread."""
+    app = unique_app("blackhole-close")
+    pool = millpond.Pool(
+        fresh_pg.url_at(pg_proxy.port),
+        connect_kwargs=pg_kwargs(app, connect_timeout=10),
+        min_size=0,
+        max_size=4,
+        timeout=5,
+        name="blackhole-close",
+    )
+    pg_proxy.blackhole()
+    try:
+        for _ in range(3):
+            threading.Thread(target=_try_getconn, args=(pool,), daemon=True).start()
+        assert wait_until(lambda: pool.stats().opening == 3, 5) is not None
+        time.sleep(0.2)  # the connect threads are inside the driver's connect
+        started = time.monotonic()
+        pool.close(timeout=1)
+        assert time.monotonic() - started < 1 + MARGIN + 1.0
+    finally:
+        pg_proxy.pass_through()
+        pool.close(timeout=0)
+
+
+def _try_getconn(pool: millpond.Pool) -> None:
+    with contextlib.suppress(millpond.PoolError):
+        pool.getconn(timeout=0.5)

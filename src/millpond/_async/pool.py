@@ -485,8 +485,8 @@ class AsyncPool(PoolBase):
         # connects run in parallel, as many as the core plans (up to the cap), each bounded
         # by the pool's timeout: a hung connect never holds back the others
         core = self._core
-        started = self._clock()
-        if not core.begin_open(started):
+        ticket = core.begin_open(self._clock())
+        if ticket is None:
             self._carry_out_pending()
             return
         adapter = self._adapter
@@ -498,20 +498,20 @@ class AsyncPool(PoolBase):
         except asyncio.CancelledError:
             if conn is not None:
                 adapter.terminate(conn)
-            core.open_cancelled(self._clock(), started)
+            core.open_cancelled(self._clock(), ticket)
             self._carry_out_pending()
             raise
         except BaseException as exc:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     adapter.terminate(conn)
-            core.open_failed(self._connect_failure(exc), self._clock(), started)
+            core.open_failed(self._connect_failure(exc), self._clock(), ticket)
             self._carry_out_pending()
             self._notify()
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt, SystemExit: the loop's to handle, once counted
             return
-        rec = core.opened(conn, self._clock(), started)
+        rec = core.opened(conn, self._clock(), ticket)
         rec.autocommit = autocommit
         self._watch(rec, conn)
         self._carry_out_pending()

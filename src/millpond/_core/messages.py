@@ -71,7 +71,7 @@ def timeout_error(core: PoolCore, budget: float, now: float) -> PoolTimeout:
         f"(size={core.size}, in_use={len(core.lent)}, idle={len(core.idle)}, "
         f"waiting={len(core.waiters)}, max_size={core.max_size}"
     )
-    started = core.connect_started
+    started = [at for at, _gen in core.connecting.values()]
     if started and now - min(started) >= HUNG_CONNECT:
         # "size=0" alone reads like a busy pool; connects that never finish are another story
         msg += (

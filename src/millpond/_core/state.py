@@ -54,12 +54,11 @@ class PoolCore:
         self.opening = 0
         #: connections retired whose close has not finished yet (see ``close_done``)
         self.closing = 0
-        #: when each connect in flight started, so a timeout can tell hung connects apart
-        #: from a busy pool
-        self.connect_started: list[float] = []
-        #: connects that were in flight at a drain(): they may use the old credentials or
-        #: the old primary, so what they open is closed as drained
-        self.stale_started: list[float] = []
+        #: connects in flight, by the ticket begin_open gave them: when each started (a
+        #: timeout tells hung connects apart from a busy pool) and in which generation (one
+        #: begun before a drain() may use the old credentials: what it opens is drained)
+        self.connecting: dict[int, tuple[float, int]] = {}
+        self._tickets = 0
         self.gen = 0
         # a pool is born closed; start() opens it, once
         self.started = False
@@ -306,37 +305,31 @@ class PoolCore:
             self.opening += want
             self.plan.opens += want
 
-    def begin_open(self, now: float) -> bool:
-        """A worker is about to connect. False (and the slot is released) if the demand that
-        planned it has gone, e.g. returns served the waiters first."""
+    def begin_open(self, now: float) -> int | None:
+        """A worker is about to connect: its ticket, to hand back when the connect ends.
+        None (and the slot is released) if the demand that planned it has gone, e.g.
+        returns served the waiters first."""
         if self.closed or min(self._demand(), self._room()) < self.opening:
             self.opening -= 1
-            return False
-        self.connect_started.append(now)
-        return True
+            return None
+        self._tickets += 1
+        self.connecting[self._tickets] = (now, self.gen)
+        return self._tickets
 
-    def _connect_ended(self, started: float | None) -> bool:
-        """Forget a connect in flight; True if a drain() made it stale."""
+    def _connect_ended(self, ticket: int) -> bool:
+        """Forget a connect in flight; True if a drain() since its start made it stale."""
         self.opening -= 1
-        cs = self.connect_started
-        if started is not None and started in cs:
-            cs.remove(started)
-        elif cs:
-            cs.pop()
-        stale = self.stale_started
-        if started is not None and started in stale:
-            stale.remove(started)
-            return True
-        return False
+        entry = self.connecting.pop(ticket, None)
+        return entry is not None and entry[1] != self.gen
 
-    def open_cancelled(self, now: float, started: float | None = None) -> None:
+    def open_cancelled(self, now: float, ticket: int) -> None:
         """A connect was cut off (cancelled, interrupted) before it finished."""
-        self._connect_ended(started)
+        self._connect_ended(ticket)
         self._grow(now)
 
-    def opened(self, conn: Any, now: float, started: float | None = None) -> ConnRecord:
-        """A connect succeeded (``started``: what ``begin_open`` was given as ``now``)."""
-        stale = self._connect_ended(started)
+    def opened(self, conn: Any, now: float, ticket: int) -> ConnRecord:
+        """A connect succeeded (``ticket``: what ``begin_open`` gave it)."""
+        stale = self._connect_ended(ticket)
         self.connects += 1
         self.failures = 0
         self.retry_at = -math.inf
@@ -356,10 +349,10 @@ class PoolCore:
             self._grow(now)
         return rec
 
-    def open_failed(self, error: BaseException, now: float, started: float | None = None) -> None:
+    def open_failed(self, error: BaseException, now: float, ticket: int) -> None:
         """A connect failed. Back off; if nothing but a connect could ever serve the waiters,
         fail them now with ``error`` rather than let them sit out their timeouts."""
-        self._connect_ended(started)
+        self._connect_ended(ticket)
         self.connect_errors += 1
         self.failures += 1
         self.last_error = error
@@ -587,7 +580,6 @@ class PoolCore:
         """Start a new generation: idle connections close now, lent ones on return."""
         self.gen += 1
         self._expire_lent()
-        self.stale_started = list(self.connect_started)
         while self.idle:
             self.retire(self.idle.popleft(), "drained")
         self._grow(now)
@@ -624,8 +616,7 @@ class PoolCore:
         self.waiters.clear()
         self.opening = 0
         self.closing = 0  # the parent's closes: its sessions, not ours
-        self.connect_started.clear()
-        self.stale_started.clear()
+        self.connecting.clear()
         self.plan = Plan()
         self.gen += 1
         return [c for c in inherited if c is not None]
@@ -683,7 +674,7 @@ class PoolCore:
         assert self.size <= self.cap or not self.idle, (self.size, self.cap)
         assert self.opening >= 0
         assert self.closing >= 0
-        assert len(self.connect_started) <= self.opening
+        assert len(self.connecting) <= self.opening
         assert not (self.idle and self.waiters), "idle connections while callers wait"
         keys = [r.key for r in self.idle]
         assert len(set(keys)) == len(keys), "a record is idle twice"

@@ -448,12 +448,11 @@ class Pool(PoolBase):
     def _open_one(self) -> None:
         core = self._core
         with self._lock:
-            started = self._clock()
-            proceed = core.begin_open(started)
+            ticket = core.begin_open(self._clock())
             plan = core.flush()
         if plan:
             self._carry_out(plan)
-        if not proceed:
+        if ticket is None:
             return
         try:
             conn = self._adapter.connect()
@@ -463,7 +462,7 @@ class Pool(PoolBase):
             # failed connect, or ``opening`` would stay counted forever
             failure = self._connect_failure(exc)
             with self._lock:
-                core.open_failed(failure, self._clock(), started)
+                core.open_failed(failure, self._clock(), ticket)
                 self._changed.notify_all()
                 plan = core.flush()
             if plan:
@@ -473,7 +472,7 @@ class Pool(PoolBase):
                 hk.kick()  # it schedules the retry after the backoff
             return
         with self._lock:
-            rec = core.opened(conn, self._clock(), started)
+            rec = core.opened(conn, self._clock(), ticket)
             rec.autocommit = autocommit
             self._watch(rec, conn)
             self._changed.notify_all()

@@ -39,7 +39,7 @@ class Lane:
             self._tasks.append(task)
             if self._free >= len(self._tasks):
                 self._cond.notify()
-            elif len(self._threads) < max(limit, 1) or not self._threads:
+            elif len(self._threads) < max(limit, 1):
                 t = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._threads.add(t)
                 t.start()
@@ -76,10 +76,6 @@ class Lane:
                     return
                 t.join(min(left, threading.TIMEOUT_MAX))
 
-    @property
-    def threads(self) -> int:
-        return len(self._threads)
-
 
 class Workers:
     """Background threads, so that connects and closes never run on a borrower's thread or
@@ -103,10 +99,6 @@ class Workers:
     def submit(self, task: Task) -> None:
         """A close or a ping."""
         self._chores.submit(task, self._count)
-
-    @property
-    def threads(self) -> int:
-        return self._connects.threads + self._chores.threads
 
     def stop(self, timeout: float) -> None:
         """Let queued tasks finish, then end the threads (waiting up to ``timeout`` in all)."""

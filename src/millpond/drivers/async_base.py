@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from millpond.drivers.base import TxStatus, redact, socket_quiet
+from millpond.drivers.base import TxStatus, alive_by_socket, fileno_fd, redact
 from millpond.errors import ConfigError
 
 __all__ = ["AsyncAdapter", "transport_fd"]
@@ -99,24 +99,13 @@ class AsyncAdapter:
 
     def socket_fd(self, conn: Any) -> int | None:
         """The descriptor of the connection's socket, None if the driver exposes none."""
-        fileno = getattr(conn, "fileno", None)
-        if not callable(fileno):
-            return None
-        try:
-            fd = fileno()
-        except Exception:  # closed: the ping that follows says so
-            return -1
-        return fd if isinstance(fd, int) else None
+        return fileno_fd(conn)
 
     def socket_alive(self, conn: Any) -> bool:
         """Cheap liveness check of an idle connection, without a round trip (never blocks
         the loop): False when its socket shows end-of-file or unread data (the pool then
         pings it), True when quiet or when the driver exposes no socket."""
-        try:
-            fd = self.socket_fd(conn)
-        except Exception:  # a driver's internals changed: let the ping decide
-            return False
-        return fd is None or (fd >= 0 and socket_quiet(fd))
+        return alive_by_socket(self.socket_fd, conn)
 
     def is_closed(self, conn: Any) -> bool:
         closed = getattr(conn, "closed", False)

@@ -195,6 +195,30 @@ def socket_quiet(fd: int | None) -> bool:
         return False  # a descriptor that cannot even be polled: let the ping decide
 
 
+def fileno_fd(conn: Any) -> int | None:
+    """The descriptor behind a connection's ``fileno()`` (psycopg, psycopg2 and their
+    async forms): None if it has no such method, -1 if it refuses (closed)."""
+    fileno = getattr(conn, "fileno", None)
+    if not callable(fileno):
+        return None
+    try:
+        fd = fileno()
+    except Exception:  # closed: the ping that follows says so
+        return -1
+    return fd if isinstance(fd, int) else None
+
+
+def alive_by_socket(socket_fd: Callable[[Any], int | None], conn: Any) -> bool:
+    """An adapter's ``socket_alive``: quiet socket (or none known) → True; end-of-file,
+    unread data, or a driver whose internals changed under ``socket_fd`` → False, so the
+    pool pings it."""
+    try:
+        fd = socket_fd(conn)
+    except Exception:
+        return False
+    return fd is None or (fd >= 0 and socket_quiet(fd))
+
+
 _poll = getattr(select, "poll", None)  # not on Windows
 _POLL_EVENTS = getattr(select, "POLLIN", 1) | getattr(select, "POLLPRI", 2)
 
@@ -265,24 +289,13 @@ class SyncAdapter:
 
     def socket_fd(self, conn: Any) -> int | None:
         """The descriptor of the connection's socket, None if the driver exposes none."""
-        fileno = getattr(conn, "fileno", None)
-        if not callable(fileno):
-            return None
-        try:
-            fd = fileno()
-        except Exception:  # closed: the ping that follows says so
-            return -1
-        return fd if isinstance(fd, int) else None
+        return fileno_fd(conn)
 
     def socket_alive(self, conn: Any) -> bool:
         """Cheap liveness check of an idle connection, without a round trip: False when its
         socket shows end-of-file or unread data (the pool then pings it), True when quiet
         or when the driver exposes no socket."""
-        try:
-            fd = self.socket_fd(conn)
-        except Exception:  # a driver's internals changed: let the ping decide
-            return False
-        return fd is None or (fd >= 0 and socket_quiet(fd))
+        return alive_by_socket(self.socket_fd, conn)
 
     def is_closed(self, conn: Any) -> bool:
         """True if the connection is known to be closed (the user closed it, or it broke)."""
