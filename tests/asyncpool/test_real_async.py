@@ -781,6 +781,9 @@ class Probe:
     def __init__(self) -> None:
         self.opened: set[int] = set()
         self.released: dict[int, float] = {}  # session id -> when the pool dropped it
+        # session id of each connection, learnt at connect: asyncpg forgets it once the
+        # connection is terminated (abandon() does that itself), yet the close still counts
+        self._pids: dict[int, tuple[Any, int]] = {}
         self.on_ping: Callable[[], None] = lambda: None
         self.after_reset: Callable[[], None] = lambda: None
 
@@ -791,11 +794,14 @@ class Probe:
         real_ping, real_rollback = adapter.ping, adapter.rollback
 
         def release(conn: Any) -> None:
-            self.released.setdefault(server_pid(conn), time.monotonic())
+            _conn, pid = self._pids[id(conn)]
+            self.released.setdefault(pid, time.monotonic())
 
         async def connect() -> Any:
             conn = await real_connect()
-            self.opened.add(server_pid(conn))
+            pid = server_pid(conn)
+            self._pids[id(conn)] = (conn, pid)  # the object is kept: its id stays unique
+            self.opened.add(pid)
             return conn
 
         def terminate(conn: Any) -> None:
