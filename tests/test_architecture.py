@@ -66,10 +66,63 @@ def test_imports_flow_one_way() -> None:
                     problems.append(f"{path.relative_to(SRC)} imports {name}")
             elif layer in PUBLIC_ONLY:
                 checked += 1
-                if any(part.startswith("_") for part in name.split(".")[1:]):
+                if not private_import_allowed(path, name):
                     problems.append(f"{path.relative_to(SRC)} imports private {name}")
     assert checked > 10
     assert not problems, "\n".join(problems)
+
+
+def private_import_allowed(path: Path, name: str) -> bool:
+    """A module above the engine may import a private module only from a package it lives in
+    (``compat/mysql.py`` may use ``millpond.compat._shared``; nothing outside ``compat/dbutils/``
+    may use ``millpond.compat.dbutils._engine``)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[1:], start=1):
+        if part.startswith("_"):
+            owner = SRC.joinpath(*parts[1:i])
+            return owner != SRC and owner in path.parents
+    return True
+
+
+def private_names_imported(path: Path) -> list[str]:
+    """``from millpond.x import _name``: a private name of another module."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [
+        f"{node.module}.{a.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("millpond")
+        for a in node.names
+        if a.name.startswith("_") and not a.name.startswith("__")
+    ]
+
+
+def test_layers_above_the_engine_import_no_private_names() -> None:
+    problems = [
+        f"{path.relative_to(SRC)} imports {name}"
+        for path in sorted(SRC.rglob("*.py"))
+        if layer_of(path) in PUBLIC_ONLY
+        for name in private_names_imported(path)
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def test_private_import_rule() -> None:
+    mysql, engine_user = SRC / "compat" / "mysql.py", SRC / "compat" / "dbutils" / "pooled_db.py"
+    assert private_import_allowed(mysql, "millpond.compat._shared")
+    assert private_import_allowed(engine_user, "millpond.compat.dbutils._engine")
+    assert private_import_allowed(engine_user, "millpond.compat._reclaim")
+    assert not private_import_allowed(mysql, "millpond.compat.dbutils._engine")
+    assert not private_import_allowed(mysql, "millpond._core.state")
+    assert not private_import_allowed(SRC / "cli" / "bench.py", "millpond.compat._shared")
+
+
+def test_compat_starts_nothing_at_import() -> None:
+    code = (
+        "import threading, millpond.compat.dbutils, millpond.compat.psycopg2\n"
+        "print(threading.active_count())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
 
 
 def test_importing_millpond_imports_no_driver() -> None:

@@ -344,3 +344,18 @@ def test_concurrent_getconn_never_exceeds_maxconn(pg: PgServer) -> None:
 def test_pool_options_are_checked() -> None:
     with pytest.raises(millpond.ConfigError, match="max_size"):
         compat.SimpleConnectionPool(0, 1, pool_options={"max_size": 3}, host="127.0.0.1")
+
+
+def test_pool_options_timeout_none_is_the_peers_behaviour(pg: PgServer) -> None:
+    """``pool_options={"timeout": None}`` reads as "no timeout extension" (raise at once when
+    exhausted), not a ConfigError from deep inside the engine."""
+    p = compat.ThreadedConnectionPool(
+        0, 1, pool_options={"timeout": None}, **pg.kwargs(pg.tag())
+    )
+    try:
+        conn = p.getconn()
+        with pytest.raises(compat.PoolError, match="exhausted"):
+            p.getconn()
+        p.putconn(conn)
+    finally:
+        p.closeall()

@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -826,3 +827,26 @@ def test_a_hung_ping_does_not_outlive_the_callers_deadline(
     driver.on_connect = lambda: driver.hang_ping.update({len(driver.connections) + 1})
     with pytest.raises(millpond.PoolTimeout):
         pool.getconn(timeout=0.2)
+
+
+def test_open_wait_fails_on_its_own_connects_not_an_older_failure(
+    make_pool: Any, driver: Any, clock: FakeClock
+) -> None:
+    """A connect that failed before ``open(wait=True)`` (before a resize, say) does not fail
+    a wait whose own connects succeed; one of its own connects failing still fails it at once
+    (compat's ``add_connection`` grows a pool this way)."""
+    pool = make_pool(min_size=0, max_size=3, wait=False)
+    driver.fail_connect = FakeDisconnect("refused")
+    with pytest.raises(millpond.ConnectError):
+        pool.getconn(timeout=5, fail_fast=True)
+    driver.fail_connect = None
+    clock.advance(2)  # past the backoff: the next connects are tried at once
+    pool.resize(min_size=2)
+    pool.open(wait=True, timeout=10)
+    assert pool.stats().size == 2
+    driver.fail_connect = FakeDisconnect("refused again")
+    pool.resize(min_size=3)
+    started = time.monotonic()
+    with pytest.raises(millpond.ConnectError, match="refused again"):
+        pool.open(wait=True, timeout=20)
+    assert time.monotonic() - started < 10  # at once, not after the timeout

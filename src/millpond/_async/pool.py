@@ -111,6 +111,7 @@ class AsyncPool(PoolBase):
         budget = self._timeout(timeout)
         loop = _get_running_loop()
         core = self._core
+        errors_before = core.connect_errors  # wait=True fails on this open's connects only
         if core.start(self._clock()):
             self._loop = loop
             self._kick = kick = asyncio.Event()
@@ -126,7 +127,7 @@ class AsyncPool(PoolBase):
             changed = self._changed
             assert changed is not None
             deadline = time.monotonic() + budget
-            while not core.min_size_reached():
+            while not core.min_size_reached(errors_before, self._clock()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise min_size_timeout(core, budget)

@@ -375,14 +375,19 @@ class PoolCore:
         a caller would wait for a connect only."""
         return self.failures > 0 and self.opening == 0 and not self.can_serve_without_connect()
 
-    def min_size_reached(self) -> bool:
-        """For ``open(wait=True)``: True once ``min_size`` connections are open; raises if
-        the pool closed or the last connect failed (the server refuses or is unreachable)."""
+    def min_size_reached(self, errors_before: int, now: float) -> bool:
+        """For ``open(wait=True)``: True once ``min_size`` connections are open. Raises if
+        the pool closed, if a connect failed since the wait began (``errors_before``: the
+        ``connect_errors`` count then), or if the server is known unreachable and no connect
+        will be tried before the backoff ends. A failure older than the wait, with connects
+        under way again (after a resize, say), does not fail it: they may well succeed."""
         if self.size >= self.min_size:
             return True
         if self.closed:
             raise messages.closed_error(self, True)
-        if self.failures:
+        if self.failures and (
+            self.connect_errors > errors_before or (self.opening == 0 and now < self.retry_at)
+        ):
             raise messages.connect_error(self)
         return False
 

@@ -119,6 +119,7 @@ class Pool(PoolBase):
         budget = self._timeout(timeout)
         with self._lock:
             core = self._core
+            errors_before = core.connect_errors  # wait=True fails on this open's connects only
             if core.start(self._clock()):
                 self._start_housekeeper()
             plan = core.flush()
@@ -127,7 +128,7 @@ class Pool(PoolBase):
         if wait:
             deadline = time.monotonic() + budget
             with self._changed:
-                while not core.min_size_reached():
+                while not core.min_size_reached(errors_before, self._clock()):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise min_size_timeout(core, budget)

@@ -38,18 +38,14 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 import millpond
-from millpond.compat import (
+from millpond.compat._reclaim import inherited, log, on_fork, reclaimer
+from millpond.compat._shared import (
     CONNECT_BUDGET,
-    ConnectWatch,
     borrow,
     check_pool_options,
-    inherited,
-    log,
-    on_fork,
+    fill,
     open_pool,
-    reclaimer,
-    wait_for_size,
-    watch_connects,
+    wait_budget,
 )
 from millpond.drivers.url import resolve
 from millpond.errors import PoolClosed, PoolTimeout, TooManyWaiters
@@ -261,7 +257,7 @@ class MySQLConnectionPool:
         options.setdefault("name", self._pool_name)
         self._options = options
         self._wait = options.get("timeout")
-        self._budget = float(options.get("timeout", CONNECT_BUDGET))
+        self._budget = wait_budget(options, CONNECT_BUDGET)
         self._lock = threading.Lock()
         self._fill_lock = threading.Lock()  # one engine pool built or resized at a time
         # mysql-connector's pool holds the connections added to it (pool_size from the
@@ -269,14 +265,13 @@ class MySQLConnectionPool:
         self._capacity = 0
         self._reserved = 0
         self._pool: millpond.Pool | None = None
-        self._watch = ConnectWatch()
         # lent connections by the engine pool that lent them: set_config() replaces the
         # engine pool, and the old one lives on until its last connection comes back
         self._lent_by: dict[millpond.Pool, int] = {}
         self._lent_raw: dict[int, tuple[Any, millpond.Pool]] = {}
         self._cnx_queue = _QueueView(self)
         reclaimer.start()
-        on_fork(self)
+        on_fork(self._after_fork_in_child)
         if kwargs:
             self.set_config(**kwargs)
             with self._lock:
@@ -347,9 +342,7 @@ class MySQLConnectionPool:
         self._fill(wait=False)
 
     def _adapter(self) -> Any:
-        adapter = resolve(_connector, self._cnx_config)
-        self._watch = watch_connects(adapter)
-        return adapter
+        return resolve(_connector, self._cnx_config)
 
     def _effective(self) -> int:
         """Connections the current engine pool should hold: those lent by retired pools still
@@ -383,9 +376,10 @@ class MySQLConnectionPool:
                 self._lent_by.setdefault(pool, 0)
             if wait:
                 return
-        pool.resize(min_size=size, max_size=max(size, 1))
         if wait:
-            wait_for_size(pool, self._watch, size, self._budget)
+            fill(pool, size, self._budget)
+        else:
+            pool.resize(min_size=size, max_size=max(size, 1))
 
     # -- lending -----------------------------------------------------------------------------
 
@@ -416,7 +410,7 @@ class MySQLConnectionPool:
     def _borrow(self, pool: millpond.Pool, growing: bool) -> Any:
         budget = self._budget if growing or self._wait is None else float(self._wait)
         try:
-            return borrow(pool, self._watch, budget, growing=growing)
+            return borrow(pool, budget, growing=growing)
         except (PoolTimeout, TooManyWaiters, PoolClosed) as exc:
             if growing:
                 raise PoolError(str(exc)) from exc

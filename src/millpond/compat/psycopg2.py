@@ -32,14 +32,13 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import millpond
-from millpond.compat import (
+from millpond.compat._reclaim import inherited, on_fork
+from millpond.compat._shared import (
     CONNECT_BUDGET,
     borrow,
     check_pool_options,
-    inherited,
-    on_fork,
     open_pool,
-    watch_connects,
+    wait_budget,
 )
 from millpond.drivers.url import resolve
 from millpond.errors import PoolClosed, PoolTimeout, TooManyWaiters
@@ -93,7 +92,7 @@ class AbstractConnectionPool:
         if timeout is not None:
             options["timeout"] = timeout
         self._wait = options.get("timeout")
-        self._budget = float(options.get("timeout", CONNECT_BUDGET))
+        self._budget = wait_budget(options, CONNECT_BUDGET)
         if len(args) > len(_POSITIONAL):
             raise TypeError(
                 f"psycopg2.connect() takes at most {len(_POSITIONAL)} positional arguments "
@@ -102,7 +101,6 @@ class AbstractConnectionPool:
         params = dict(zip(_POSITIONAL, args, strict=False))
         params.update(kwargs)
         adapter = resolve(_psycopg2, params)
-        self._watch = watch_connects(adapter)
         # psycopg2 holds minconn > maxconn without complaint; the engine needs min <= max
         self.millpond_pool: millpond.Pool = open_pool(
             adapter,
@@ -112,7 +110,7 @@ class AbstractConnectionPool:
             options=options,
             reset="rollback",
         )
-        on_fork(self)
+        on_fork(self._after_fork_in_child)
 
     # -- psycopg2's protected API, which its subclasses (and some applications) call ------------
 
@@ -153,7 +151,7 @@ class AbstractConnectionPool:
     def _borrow(self, growing: bool) -> Any:
         budget = self._budget if self._wait is None or growing else float(self._wait)
         try:
-            return borrow(self.millpond_pool, self._watch, budget, growing=growing)
+            return borrow(self.millpond_pool, budget, growing=growing)
         except PoolClosed as exc:
             raise PoolError("connection pool is closed") from exc
         except (PoolTimeout, TooManyWaiters) as exc:
