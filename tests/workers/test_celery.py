@@ -143,15 +143,6 @@ def test_gevent_pool_shares_one_pool(
     stop_and_check_closed(worker, sessions)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine gap (owned by the lead): a synchronous query interrupted by an exception raised "
-        "inside it (Celery's soft time limit, SIGALRM, worker shutdown) is not cancelled on the "
-        "server; the pool discards the connection and opens a replacement while the old backend "
-        "still runs the statement, so max_size + 1 sessions exist until it ends"
-    ),
-)
 def test_soft_time_limit_inside_a_query_keeps_the_cap(
     spawn: Callable[..., Spawned], token: str, pg_url: str, redis_url: str, sessions: SessionWatch
 ) -> None:

@@ -23,6 +23,14 @@ _PQ_STATUS = (
 # connection: 08 = connection exception, 57P01-57P03 = admin/crash shutdown, cannot connect now
 _DISCONNECT_SQLSTATES = ("57P01", "57P02", "57P03")
 
+_PQTRANS_ACTIVE = 1
+# libpq's ExecStatus of a COPY in progress: PQgetResult returns it again and again until the
+# copy ends, so draining stops there and the connection is discarded instead
+_COPY_STATUSES = frozenset({3, 4, 8})  # COPY_OUT, COPY_IN, COPY_BOTH
+#: results read at most while draining a cancelled statement (a half-read stream returns a
+#: result per buffered row before the cancel's error)
+_DRAIN_LIMIT = 100_000
+
 
 class PsycopgAdapter(SyncAdapter):
     name = "psycopg"
@@ -87,11 +95,16 @@ class PsycopgAdapter(SyncAdapter):
             return TxStatus.BROKEN
         return _PQ_STATUS[pgconn.transaction_status]
 
+    def rollback(self, conn: Any) -> None:
+        settle(conn)
+        conn.rollback()
+
     def full_reset(self, conn: Any) -> None:
         """Roll back, then ``DISCARD ALL``: role and session authorization, every setting
         (custom ones too), advisory locks, prepared statements, ``LISTEN``s, temp tables,
         cached plans and sequence state. psycopg notices the ``DISCARD ALL`` and forgets its
         own prepared statements with the server's. The autocommit mode is kept."""
+        settle(conn)
         conn.rollback()
         autocommit = conn.autocommit
         # DISCARD ALL refuses to run inside a transaction block
@@ -114,3 +127,32 @@ class PsycopgAdapter(SyncAdapter):
         # outside autocommit psycopg sends BEGIN itself before the first statement
         if conn.autocommit and conn.pgconn.transaction_status == 0:
             conn.execute("BEGIN", prepare=False)
+
+
+def settle(conn: Any) -> None:
+    """End a statement still running on the server, so the session comes back usable.
+
+    A borrower interrupted inside ``execute`` (a signal handler raising: Celery's soft time
+    limit, an alarm-based request timeout) leaves the statement running: a plain rollback
+    then fails ("another command is already in progress"), the pool discards the connection
+    and opens a replacement while the old backend works on for nobody, so the server sees one
+    session more than the pool's cap. Cancelling and reading the statement's end instead keeps
+    the connection and the count. Bounded by the pool's reset watchdog.
+    """
+    pgconn = conn.pgconn
+    if pgconn.transaction_status != _PQTRANS_ACTIVE:
+        return
+    cancel = getattr(conn, "cancel_safe", None)  # psycopg 3.2+: no blocking libpq call
+    if cancel is not None:
+        cancel()
+    else:
+        conn.cancel()
+    for _ in range(_DRAIN_LIMIT):
+        result = pgconn.get_result()
+        if result is None:
+            return
+        if result.status in _COPY_STATUSES:
+            break
+    raise conn.OperationalError(  # the reset fails: the pool discards the connection
+        "a statement in progress could not be ended (a COPY, or a stream too long to drain)"
+    )
