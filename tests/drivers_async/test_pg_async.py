@@ -319,7 +319,7 @@ async def test_asyncpg_query_timeout_is_not_a_disconnect(
     asyncpg_adapter: AsyncAdapter, opened: OpenFn
 ) -> None:
     conn = await opened(asyncpg_adapter)
-    with pytest.raises(asyncio.TimeoutError) as info:
+    with pytest.raises(TimeoutError) as info:
         await conn.execute("SELECT pg_sleep(5)", timeout=0.05)
     assert not asyncpg_adapter.is_disconnect(info.value, conn)
     assert not asyncpg_adapter.is_disconnect(info.value)

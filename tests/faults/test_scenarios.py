@@ -266,19 +266,11 @@ def test_idle_backends_killed(kill_target: KillTarget, mode: str, figures: Figur
     )
 
 
-class RoundGate:
-    """Holds ``n`` tasks until all have arrived: every connection is lent in every round.
-    (asyncio.Barrier would do, but it is Python 3.11+ and the project supports 3.10.)"""
-
-    def __init__(self, n: int) -> None:
-        self.left = n
-        self.all_in = asyncio.Event()
-
-    async def wait(self) -> None:
-        self.left -= 1
-        if self.left == 0:
-            self.all_in.set()
-        await asyncio.wait_for(self.all_in.wait(), 10)
+async def all_arrive(gate: asyncio.Barrier) -> None:
+    """Holds each task until all have arrived, so every connection is lent in every round;
+    bounded, so a lost task fails the test instead of hanging it."""
+    async with asyncio.timeout(10):
+        await gate.wait()
 
 
 @pytest.mark.postgres
@@ -316,7 +308,7 @@ async def test_idle_backends_killed_async(
             assert counter.wait_for(0) == 0
             await asyncio.sleep(0.55)
 
-            async def borrow(gate: RoundGate) -> None:
+            async def borrow(gate: asyncio.Barrier) -> None:
                 started = time.monotonic()
                 error: Exception | None = None
                 try:
@@ -324,17 +316,17 @@ async def test_idle_backends_killed_async(
                         lent_dead.extend(i for i, d in enumerate(dead) if d is conn)
                         assert await conn.fetchval("SELECT 1") == 1
                         log.add(Call(started, time.monotonic()))
-                        await gate.wait()
+                        await all_arrive(gate)
                 except TimeoutError:
                     raise
                 except Exception as exc:
                     error = exc
                 if error is not None:
                     log.add(Call(started, time.monotonic(), error))
-                    await gate.wait()
+                    await all_arrive(gate)
 
             for _ in range(rounds):
-                gate = RoundGate(size)
+                gate = asyncio.Barrier(size)
                 await asyncio.gather(*(borrow(gate) for _ in range(size)))
             stats = pool.stats()
             assert_whole(stats)

@@ -249,7 +249,7 @@ async def drive_tasks(
 
     async def pause(seconds: float) -> None:
         # a think time or back-off that ends at once when the run stops
-        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
 
     async def loop(t: _Tally) -> None:
@@ -320,8 +320,7 @@ async def drive_tasks(
 
 def _uncancel() -> None:
     """Forget a cancellation we handled, so the awaits that follow (closing pools with their
-    own timeouts) behave as in a task that was never cancelled (Python 3.11+)."""
+    own timeouts) behave as in a task that was never cancelled."""
     task = asyncio.current_task()
-    uncancel = getattr(task, "uncancel", None)
-    if uncancel is not None:
-        uncancel()
+    if task is not None:
+        task.uncancel()

@@ -145,7 +145,7 @@ class AiosqliteAdapter(AsyncAdapter):
             return str(exc) in _CLOSED_MESSAGES
         if isinstance(exc, self.sqlite3.ProgrammingError):
             return "closed database" in str(exc)
-        code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+        code = getattr(exc, "sqlite_errorcode", None)  # sqlite3.Error only
         return isinstance(code, int) and (code & 0xFF) in _DISCONNECT_CODES
 
     # -- session state ---------------------------------------------------------------------

@@ -30,16 +30,6 @@ DEFAULT_BUSY_TIMEOUT = 30.0
 # keeping: I/O error, corrupt or not-a-database file, file cannot be opened. A fresh
 # connection re-opens the file, which is what recovers from a replaced or remounted file.
 _DISCONNECT_CODES = frozenset({10, 11, 14, 26})
-# the same, by SQLite's fixed wording (sqlite3_errstr), for Python 3.10's exceptions that
-# carry no code
-_DISCONNECT_MESSAGES = frozenset(
-    {
-        "disk I/O error",
-        "database disk image is malformed",
-        "unable to open database file",
-        "file is not a database",
-    }
-)
 
 _LEGACY_TRANSACTION_CONTROL = -1  # sqlite3.LEGACY_TRANSACTION_CONTROL on 3.12+
 
@@ -122,10 +112,9 @@ class SqliteAdapter(SyncAdapter):
             return True
         if isinstance(exc, self.module.ProgrammingError):
             return "closed database" in str(exc)
-        code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
-        if isinstance(code, int):
-            return (code & 0xFF) in _DISCONNECT_CODES
-        return isinstance(exc, self.module.DatabaseError) and str(exc) in _DISCONNECT_MESSAGES
+        # sqlite3.Error carries the code; other exceptions (a wrapper's) have none
+        code = getattr(exc, "sqlite_errorcode", None)
+        return isinstance(code, int) and (code & 0xFF) in _DISCONNECT_CODES
 
     def status(self, conn: Any) -> TxStatus:
         try:
