@@ -22,6 +22,9 @@ the connection when FastAPI runs the dependency's exit code: with the default
 have run; with ``Depends(db.connection, scope="function")`` as soon as the endpoint returns,
 before the response is sent. FastAPI caches a dependency per request, so every
 ``Depends(db.connection)`` of one request (sub-dependencies too) gets the same connection.
+A request cancelled mid-query drops its connection (the pool's rule for a cut-off query); a
+client that merely hangs up does not cancel the endpoint under uvicorn, so its connection
+comes back when the endpoint ends.
 """
 
 from __future__ import annotations
