@@ -55,10 +55,15 @@ def token(pg_url: str, redis_url: str) -> Iterator[str]:
     client = redis.Redis.from_url(redis_url)
     try:
         keys = [k for k in client.scan_iter(match=f"*{tok}*", count=1000)]
+        # rq worker-pool names its workers with bare uuids: found by the queue they served
+        for key in client.scan_iter(match="rq:worker:*", count=1000):
+            with contextlib.suppress(redis.ResponseError):  # not a worker hash
+                if tok.encode() in (client.hget(key, "queues") or b""):
+                    keys.append(key)
         if keys:
             client.delete(*keys)
         for shared in (b"rq:queues", b"rq:workers"):
-            members = [m for m in client.smembers(shared) if tok.encode() in m]
+            members = [m for m in client.smembers(shared) if tok.encode() in m or m in keys]
             if members:
                 client.srem(shared, *members)
     finally:
