@@ -249,6 +249,22 @@ def parent_session(redis_url: str, token: str, timeout: float = 30.0) -> tuple[i
     pytest.fail("the worker's parent never recorded its session (did the app import?)")
 
 
+def closed_at_exit(redis_url: str, token: str) -> dict[int, bool]:
+    """pid -> whether that process's pool was closed by the time it exited (the apps that call
+    ``common.record_closed_at_exit`` report it)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        prefix = f"{token}:closed:"
+        return {
+            int(key.decode()[len(prefix) :]): client.get(key) == b"1"
+            for key in client.scan_iter(match=f"{prefix}*", count=1000)
+        }
+    finally:
+        client.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from common import CHILD_MAX_SIZE, CHILD_MIN_SIZE, REDIS_URL, make_pool, query, record_parent
+from common import (
+    CHILD_MAX_SIZE,
+    CHILD_MIN_SIZE,
+    REDIS_URL,
+    make_pool,
+    query,
+    record_closed_at_exit,
+    record_parent,
+)
 
 from millpond.integrations.rq import manage
 
 pool = manage(make_pool(), child_min_size=CHILD_MIN_SIZE, child_max_size=CHILD_MAX_SIZE)
 record_parent(pool)
+record_closed_at_exit(pool)
 
 
 def query_job(sleep: float = 0.0) -> dict[str, Any]:
