@@ -26,10 +26,11 @@ from .conftest import (
     closed_at_exit,
     free_port,
     parent_session,
+    require_module,
     sharing_report,
 )
 
-pytest.importorskip("gunicorn")
+require_module("gunicorn")
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -149,3 +150,22 @@ def test_preload_gthread_workers(
     assert sessions.max_total <= 1 + 2 * 2
     assert parent_backend in sessions.now().get(parent_pid, [])
     stop_and_check_closed(server, sessions, redis_url, token, workers)
+
+
+def test_hooks_size_and_close_managed_pools(pg_url: str) -> None:
+    """In-process: the hooks, called as gunicorn calls them, act on the managed pools only."""
+    import millpond
+    from millpond.integrations import gunicorn, lifecycle
+
+    pool = gunicorn.manage(millpond.Pool(pg_url, min_size=1, max_size=3), child_max_size=2)
+    bystander = millpond.Pool(pg_url, min_size=0, max_size=1)
+    try:
+        gunicorn.post_fork(None, None)
+        assert pool.stats().max_size == 2 and bystander.stats().max_size == 1
+        gunicorn.worker_exit(None, None)
+        assert pool.stats().closed and not bystander.stats().closed
+        gunicorn.on_exit(None)  # again, on a closed pool: harmless
+    finally:
+        lifecycle.unmanage(pool)
+        pool.close(timeout=2)
+        bystander.close(timeout=2)

@@ -23,10 +23,11 @@ from .conftest import (
     app_env,
     closed_at_exit,
     parent_session,
+    require_module,
     sharing_report,
 )
 
-pytest.importorskip("rq")
+require_module("rq")
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -173,3 +174,20 @@ def test_worker_pool_of_simple_workers_shares_a_pool_per_process(
     assert sessions.max_total <= 2 + 3 * 1
     assert parent_backend in sessions.now().get(parent_pid, [])
     stop_and_check_closed(worker, sessions)
+
+
+def test_pool_managed_inside_a_horse_is_lazy_at_once(pg_url: str, monkeypatch: Any) -> None:
+    """In-process: a jobs module first imported by a work horse manages its pool there."""
+    import millpond
+    from millpond.integrations import lifecycle
+    from millpond.integrations import rq as integration
+
+    monkeypatch.setattr(integration, "_in_horse", True)
+    pool = integration.manage(millpond.Pool(pg_url, min_size=2, max_size=3), child_max_size=2)
+    try:
+        assert pool.stats().min_size == 0
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone()[0] == 1
+    finally:
+        lifecycle.unmanage(pool)
+        pool.close(timeout=2)
