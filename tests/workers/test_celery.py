@@ -159,9 +159,9 @@ def test_soft_time_limit_inside_a_query_keeps_the_cap(
     parent_session(redis_url, token)
     app = client(redis_url, token)
     try:
-        outcome = app.send_task("millpond_test.interrupted", args=(8.0,), soft_time_limit=0.5).get(
-            timeout=60
-        )
+        outcome = app.send_task(
+            "millpond_test.interrupted", args=(8.0,), soft_time_limit=0.5
+        ).get(timeout=60)
         assert outcome == "interrupted"
         after = run_queries(app, 3, 0.0, worker)
         sessions.stop()
