@@ -65,4 +65,27 @@ def record_parent(pool: millpond.Pool) -> None:
     redis.Redis.from_url(REDIS_URL).set(f"{TOKEN}:parent", f"{os.getpid()}:{backend}", ex=600)
 
 
-__all__ = ["CHILD_MAX_SIZE", "CHILD_MIN_SIZE", "REDIS_URL", "TOKEN", "make_pool", "query", "record_parent"]
+def record_closed_at_exit(pool: millpond.Pool) -> None:
+    """At interpreter exit (after the framework's own shutdown hooks), tell the test whether
+    the pool of this process was already closed: what the integrations' hooks are for."""
+    import atexit
+
+    def record() -> None:
+        import redis
+
+        closed = "1" if pool.stats().closed else "0"
+        redis.Redis.from_url(REDIS_URL).set(f"{TOKEN}:closed:{os.getpid()}", closed, ex=600)
+
+    atexit.register(record)
+
+
+__all__ = [
+    "CHILD_MAX_SIZE",
+    "CHILD_MIN_SIZE",
+    "REDIS_URL",
+    "TOKEN",
+    "make_pool",
+    "query",
+    "record_closed_at_exit",
+    "record_parent",
+]
