@@ -429,11 +429,11 @@ def test_a_cancelled_request_gives_its_connection_back_and_stops_its_query(
         started = time.monotonic()
         assert client.get("/slow").status_code == 504
         assert time.monotonic() - started < 10
-        # a query cut off mid-protocol is not trusted to a rollback: the pool drops that
-        # connection in the background (after asyncpg's cancel request), then frees the slot
+        # the pool waits out asyncpg's cancel request in the background, proves the session
+        # answers, and keeps it (a reconnect costs more); then the slot is free
         assert wait_until(lambda: db.pool.stats().in_use == 0)
         stats = db.pool.stats()
-        assert stats.lost == 0 and stats.closed_by_reason.get("cancelled") == 1
+        assert stats.lost == 0 and stats.closed_total == 0 and stats.connects == 1
         # the single connection slot is free again: the next request gets a session
         assert client.get("/pid").status_code == 200
         # the cut-off query does not keep running on the server

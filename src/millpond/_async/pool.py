@@ -315,10 +315,10 @@ class AsyncPool(PoolBase):
             left = max(deadline - time.monotonic(), 0.0)
             await bounded(adapter.ping(conn), min(left, self._config.ping_timeout))
         except asyncio.CancelledError:
-            # the connection may be mid-protocol: drop it, give the slot back, propagate
-            adapter.terminate(conn)
-            core.discard(rec, "cancelled", self._clock())
-            self._carry_out_pending()
+            # the connection may be mid-protocol: as for a query cut off, recover or drop it
+            # in the background (the slot stays counted until then), and propagate
+            core.claim(rec, conn)
+            self._spawn(self._abandon(rec, conn))
             raise
         except Exception as exc:  # a timeout included
             self._log_ping_failed(exc)
@@ -404,7 +404,25 @@ class AsyncPool(PoolBase):
         self._finish_return(rec, conn, reason)
 
     async def _abandon(self, rec: ConnRecord, conn: Any) -> None:
+        """A connection whose query was cut off: kept when the driver can bring it back to a
+        known state (then reset as any return), else dropped. A connect costs far more than
+        waiting out a cancel the driver has already sent (issue 11, item 7)."""
         adapter = self._adapter
+        recovered = False
+        if self._reset is not None:  # without a reset, a recovered session would stay dirty
+            try:
+                recovered = await bounded(adapter.recover(conn), CLOSE_TIMEOUT)
+            except BaseException:
+                recovered = False
+        if recovered:
+            steps, reason = self._return_steps(rec, conn, False, None)
+            if reason is None:
+                if steps:
+                    self._core.reset_begun(steps)
+                    await self._reset_then_return(rec, conn, steps)
+                else:
+                    self._finish_return(rec, conn, None)
+                return
         try:
             await bounded(adapter.abandon(conn), CLOSE_TIMEOUT)
         except BaseException:

@@ -89,6 +89,13 @@ class AsyncAdapter:
         if callable(transport):
             transport()
 
+    async def recover(self, conn: Any) -> bool:
+        """After a query cut off by a cancellation or timeout: bring the connection back to a
+        known state if the driver can tell it is safe, and say so. True: the pool resets it
+        (a rollback) and keeps it; False: the pool drops it with :meth:`abandon`. Bounded by
+        the pool. Default: False."""
+        return False
+
     async def abandon(self, conn: Any) -> None:
         """Drop a connection whose query was cut off by a cancellation or timeout. The pool
         keeps its slot counted until this returns (bounded), so the server never holds more

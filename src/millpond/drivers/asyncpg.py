@@ -87,6 +87,22 @@ class AsyncpgAdapter(AsyncAdapter):
     def terminate(self, conn: Any) -> None:
         conn.terminate()  # aborts the transport: no message, no wait
 
+    async def recover(self, conn: Any) -> bool:
+        # asyncpg's own pool keeps such a connection: it waits for the cancel request it sent
+        # to be answered (the protocol then has the cancelled query's end), and resets it. The
+        # same here, plus one round trip: a reply out of step would fail it, not a borrower.
+        protocol = getattr(conn, "_protocol", None)
+        is_cancelling = getattr(protocol, "_is_cancelling", None)
+        wait = getattr(protocol, "_wait_for_cancellation", None)
+        if not callable(is_cancelling) or not callable(wait):
+            return False  # an asyncpg without them: drop the connection as before
+        if is_cancelling():
+            await wait(ABANDON_WAIT)
+        if conn.is_closed() or is_cancelling():
+            return False
+        await conn.execute("SELECT 1")
+        return True
+
     async def abandon(self, conn: Any) -> None:
         # asyncpg answers a cancelled query by sending a cancel request on a side connection;
         # terminate() would abort that request and leave the statement running server-side

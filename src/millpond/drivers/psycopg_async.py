@@ -25,6 +25,7 @@ _PQ_STATUS = (
     TxStatus.BROKEN,  # PQTRANS_UNKNOWN: libpq's word for a bad connection
 )
 _PQTRANS_IDLE = 0
+_PQTRANS_ACTIVE = 1
 _CONNECTION_OK = 0
 
 # SQLSTATEs outside class 08 that end the session: admin shutdown (pg_terminate_backend),
@@ -72,6 +73,17 @@ class PsycopgAsyncAdapter(AsyncAdapter):
 
     async def close(self, conn: Any) -> None:
         await conn.close()
+
+    async def recover(self, conn: Any) -> bool:
+        # psycopg answers a cancellation inside a query by cancelling it on the server and
+        # reading its end before it re-raises: the session is then idle or in a failed
+        # transaction, which the pool's rollback ends. A command still in flight (ACTIVE), or a
+        # bad connection, is dropped. One round trip proves the protocol is in step.
+        pgconn = conn.pgconn
+        if pgconn.status != 0 or pgconn.transaction_status == _PQTRANS_ACTIVE:
+            return False
+        await conn.execute("", prepare=False)
+        return True
 
     def terminate(self, conn: Any) -> None:
         # PQfinish, which is all AsyncConnection.close() does for a connection outside a
