@@ -6,13 +6,12 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
 import millpond
+from tests.conftest import require_package
 
 
 def test_timings_of_a_real_wait_and_a_real_hold(pg_url: str) -> None:
-    pytest.importorskip("psycopg")
+    require_package("psycopg", "psycopg")
     with millpond.Pool(pg_url, min_size=1, max_size=1, timeout=10, name="timings-real") as pool:
         pool.open(wait=True, timeout=10)
         held = pool.getconn()

@@ -114,7 +114,9 @@ class PoolCore:
 
     @property
     def checkouts(self) -> int:
-        live = sum(r.uses for r in self.idle) + sum(r.uses for r in self.lent.values())
+        # copied first (one C call each): an AsyncPool's stats() may be read from another
+        # thread (a metrics exporter) while the loop moves records
+        live = sum(r.uses for r in list(self.idle)) + sum(r.uses for r in list(self.lent.values()))
         return self.retired_uses + live
 
     # -- lifecycle -------------------------------------------------------------------------
