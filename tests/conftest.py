@@ -9,9 +9,11 @@ where it fails them: CI must not go green by quietly skipping. Point the tests e
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import socket
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -41,6 +43,18 @@ def require_server(url: str, default_port: int, what: str) -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message}; CI=true requires every database server to be running")
     pytest.skip(message)
+
+
+def require_package(module: str, extra: str) -> Any:
+    """``module`` imported; if it is not installed, skip the test, or fail it under CI=true
+    (the ``test`` extra installs it there)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        message = f"{module} is not installed (pip install 'millpond[{extra}]'): {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; CI=true requires it")
+        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """millpond: a fast, safe database connection pool for threads and asyncio."""
 
 from millpond._async.pool import AsyncPool
+from millpond._core.histogram import HistogramSnapshot
 from millpond._core.stats import PoolStats
 from millpond._sync.pool import Pool
 from millpond.errors import (
@@ -21,6 +22,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ForeignConnection",
+    "HistogramSnapshot",
     "Pool",
     "PoolClosed",
     "PoolError",

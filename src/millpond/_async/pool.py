@@ -258,6 +258,7 @@ class AsyncPool(PoolBase):
             self._check_loop(loop)
         clock = self._clock
         deadline = time.monotonic() + budget
+        asked = clock()
         retry = False  # after a failed ping: keep our place at the head of the queue
 
         def make_waiter() -> Waiter:
@@ -276,6 +277,7 @@ class AsyncPool(PoolBase):
                     raise core.timed_out(budget, clock())
                 retry = True
                 continue
+            core.waited(clock() - asked)
             return self._hand_over(rec, frame)
 
     async def _wait(self, waiter: Waiter, deadline: float, budget: float) -> ConnRecord:
@@ -372,6 +374,17 @@ class AsyncPool(PoolBase):
                 rec.conn = conn
                 rec.last_used = now
                 core.idle.append(rec)
+                # use time: a short use (this path's common case) is counted inline; a
+                # longer one pays for a call, small beside the use itself
+                used = now - rec.lent_at
+                h = core.use_time
+                if used <= h.first:
+                    h.low += 1
+                    h.low_sum += used
+                    if used > h.max:
+                        h.max = used
+                else:
+                    h.add(used)
                 return True
         # twin: end
         return False

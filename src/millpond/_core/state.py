@@ -25,6 +25,7 @@ from typing import Any
 
 from millpond._config import PoolConfig
 from millpond._core import messages
+from millpond._core.histogram import Histogram
 from millpond._core.record import ConnRecord, Plan, Waiter
 from millpond._core.reset import RESETTING, Step
 from millpond._core.stats import PoolStats
@@ -79,6 +80,13 @@ class PoolCore:
         self.leaks = 0
         self.lost = 0
         self.closed_by_reason: dict[str, int] = {}
+        # timings. The fast path's checkouts never wait and are not recorded one by one:
+        # ``lends`` counts the slow path's, and the difference from ``checkouts`` goes to the
+        # lowest wait bucket when stats are read (no clock read, no counter on the fast path)
+        self.lends = 0
+        self.wait_time = Histogram()
+        self.use_time = Histogram()
+        self.create_time = Histogram()
         self.failures = 0  # consecutive failed connects
         self.retry_at = -math.inf
         self.last_error: BaseException | None = None
@@ -106,7 +114,9 @@ class PoolCore:
 
     @property
     def checkouts(self) -> int:
-        live = sum(r.uses for r in self.idle) + sum(r.uses for r in self.lent.values())
+        # copied first (one C call each): an AsyncPool's stats() may be read from another
+        # thread (a metrics exporter) while the loop moves records
+        live = sum(r.uses for r in list(self.idle)) + sum(r.uses for r in list(self.lent.values()))
         return self.retired_uses + live
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -133,6 +143,7 @@ class PoolCore:
         return ConnRecord(conn, now, expires, self.gen)
 
     def lend(self, rec: ConnRecord, now: float) -> None:
+        self.lends += 1
         rec.uses += 1
         rec.lent_at = now
         self.lent[rec.key] = rec
@@ -280,6 +291,7 @@ class PoolCore:
         if rec is not None:
             self.lent.pop(rec.key, None)
             rec.uses -= 1
+            self.lends -= 1
             self._place(rec, now)
 
     def can_serve_without_connect(self) -> bool:
@@ -322,6 +334,10 @@ class PoolCore:
         entry = self.connecting.pop(ticket, None)
         return entry is not None and entry[1] != self.gen
 
+    def waited(self, seconds: float) -> None:
+        """A slow-path checkout got its connection ``seconds`` after asking."""
+        self.wait_time.add(seconds)
+
     def open_cancelled(self, now: float, ticket: int) -> None:
         """A connect was cut off (cancelled, interrupted) before it finished."""
         self._connect_ended(ticket)
@@ -329,6 +345,9 @@ class PoolCore:
 
     def opened(self, conn: Any, now: float, ticket: int) -> ConnRecord:
         """A connect succeeded (``ticket``: what ``begin_open`` gave it)."""
+        entry = self.connecting.get(ticket)
+        if entry is not None:  # connect + configure, timed from begin_open
+            self.create_time.add(now - entry[0])
         stale = self._connect_ended(ticket)
         self.connects += 1
         self.failures = 0
@@ -445,6 +464,7 @@ class PoolCore:
         rec.resetting = False
         if self.lent.pop(rec.key, None) is not rec:
             raise ForeignConnection(f"pool {self.name!r}: this connection is not lent by this pool")
+        self.use_time.add(now - rec.lent_at)
         rec.conn = conn
         self.checkin(rec, now, reason)
 
@@ -642,6 +662,7 @@ class PoolCore:
 
     def stats(self) -> PoolStats:
         err = self.last_error
+        checkouts = self.checkouts
         return PoolStats(
             name=self.name,
             size=self.size,
@@ -654,7 +675,7 @@ class PoolCore:
             max_size=self.max_size,
             max_overflow=self.config.max_overflow,
             closed=self.closed,
-            checkouts=self.checkouts,
+            checkouts=checkouts,
             waits=self.waits,
             timeouts=self.timeouts,
             shed=self.shed,
@@ -669,6 +690,9 @@ class PoolCore:
             closed_by_reason=dict(self.closed_by_reason),
             last_connect_error=None if err is None else f"{type(err).__name__}: {err}",
             last_connect_error_at=self.last_error_at,
+            wait_time=self.wait_time.snapshot(extra_zero=checkouts - self.lends),
+            use_time=self.use_time.snapshot(),
+            create_time=self.create_time.snapshot(),
         )
 
     def check_invariants(self) -> None:

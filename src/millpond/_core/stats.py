@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from millpond._core.histogram import HistogramSnapshot
+
 __all__ = ["PoolStats"]
 
 
@@ -44,6 +46,13 @@ class PoolStats:
     closed_by_reason: Mapping[str, int] = field(default_factory=dict)
     last_connect_error: str | None = None
     last_connect_error_at: float | None = None  # on the pool's monotonic clock
+    # timings, in seconds, on the pool's clock (bucket counts, sum, max, p50/p99 estimates)
+    #: asking for a connection to getting it; an idle one on the fast path counts as ~0
+    wait_time: HistogramSnapshot = field(default_factory=HistogramSnapshot)
+    #: lent to returned (a connection closed by its borrower's return counts too)
+    use_time: HistogramSnapshot = field(default_factory=HistogramSnapshot)
+    #: connect + configure of each connection opened
+    create_time: HistogramSnapshot = field(default_factory=HistogramSnapshot)
 
     @property
     def closed_total(self) -> int:

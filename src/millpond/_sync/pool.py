@@ -241,6 +241,7 @@ class Pool(PoolBase):
         clock = self._clock
         deadline = time.monotonic() + budget
         core = self._core
+        asked = clock()
         retry = False  # after a failed ping: keep our place at the head of the queue
         while True:
             with self._lock:
@@ -259,6 +260,8 @@ class Pool(PoolBase):
                         raise core.timed_out(budget, clock())
                 retry = True
                 continue
+            with self._lock:
+                core.waited(clock() - asked)
             return self._hand_over(rec, frame)
 
     def _wait(self, waiter: Waiter, deadline: float, budget: float) -> ConnRecord:
@@ -352,6 +355,17 @@ class Pool(PoolBase):
                         rec.conn = conn
                         rec.last_used = now
                         core.idle.append(rec)
+                        # use time: a short use (this path's common case) is counted inline; a
+                        # longer one pays for a call, small beside the use itself
+                        used = now - rec.lent_at
+                        h = core.use_time
+                        if used <= h.first:
+                            h.low += 1
+                            h.low_sum += used
+                            if used > h.max:
+                                h.max = used
+                        else:
+                            h.add(used)
                         return
             # twin: end
         self._return_slow(conn, discard, _error)
