@@ -329,6 +329,39 @@ def test_check_that_breaks_the_connection_costs_only_that_connection(
     assert driver.calls == 1
 
 
+class _Answering(FakeDriver):
+    def __init__(self, limits: ServerLimits) -> None:
+        super().__init__()
+        self.limits = limits
+        self.calls = 0
+
+    def server_limits(self, conn: Any) -> ServerLimits:
+        self.calls += 1
+        return self.limits
+
+
+def test_one_warning_however_many_connects_open_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="millpond")
+    driver = _Answering(ServerLimits((Limit(2, "max_user_connections 2 (test)", in_use=4),)))
+    with millpond.Pool(driver, min_size=4, max_size=4, name="many", open=False) as pool:
+        pool.open(wait=True, timeout=5)
+    assert driver.calls == 1
+    [warning] = warnings_of(caplog)
+    assert "'many'" in warning and "max_user_connections 2" in warning
+    # the four sessions the server counts may all be the pool's own: none are others'
+    assert "0 other session(s)" in warning and "headroom for this pool is 2" in warning
+
+
+def test_a_noticed_pooler_is_reported_not_judged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="millpond")
+    driver = _Answering(ServerLimits((), pooler="a pooler such as pgbouncer sits in between"))
+    with millpond.Pool(driver, max_size=50, open=False) as pool:
+        pool.open(wait=True, timeout=5)
+    assert warnings_of(caplog) == []
+    [info] = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert "pgbouncer" in info and "max_client_conn" in info
+
+
 def test_check_server_limits_must_be_a_bool() -> None:
     with pytest.raises(millpond.ConfigError, match="check_server_limits"):
         millpond.Pool(FakeDriver(), check_server_limits="yes", open=False)  # type: ignore[arg-type]
