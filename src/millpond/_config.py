@@ -49,6 +49,9 @@ class PoolConfig:
     #: a server-side pooler between us and the database ("pgbouncer-transaction"): no
     #: session-level reset statements, driver statement caches off
     server_pooler: str | None = None
+    #: read the server's connection limits once, at the first connect, and warn when
+    #: max_size + max_overflow cannot fit under them
+    check_server_limits: bool = True
 
     def __post_init__(self) -> None:
         _int("min_size", self.min_size, 0)
@@ -71,6 +74,10 @@ class PoolConfig:
         _seconds("ping_timeout", self.ping_timeout, positive=True)
         if not isinstance(self.lifetime_jitter, (int, float)) or not 0 <= self.lifetime_jitter < 1:
             raise ConfigError(f"lifetime_jitter={self.lifetime_jitter!r} must be in [0, 1)")
+        if not isinstance(self.check_server_limits, bool):
+            raise ConfigError(
+                f"check_server_limits={self.check_server_limits!r} must be True or False"
+            )
         if not isinstance(self.pre_ping, bool):
             raise ConfigError(f"pre_ping={self.pre_ping!r} must be True or False")
         r = self.reset

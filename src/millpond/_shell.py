@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from millpond._core.record import ConnRecord, Plan, Waiter
 from millpond._core.reset import Step, reset_steps
 from millpond._core.state import PoolCore
 from millpond.drivers.base import TxStatus
+from millpond.drivers.limits import ServerLimits, tightest
 from millpond.errors import ConfigError, ConnectError
 
 __all__ = ["RESET_TIMEOUT", "PoolBase", "log"]
@@ -70,6 +72,7 @@ class PoolBase:
         workers: int = 2,
         clock: Callable[[], float] | None = None,
         server_pooler: str | None = None,
+        check_server_limits: bool = True,
     ) -> None:
         """Create a pool of connections to ``target``.
 
@@ -107,6 +110,9 @@ class PoolBase:
         - ``keepalive``: seconds; idle connections are pinged in the background this often.
         - ``server_pooler``: "pgbouncer-transaction" when pgbouncer in transaction mode sits
           between the pool and the server.
+        - ``check_server_limits`` (True): after the first connect, read the server's
+          connection limits in one query and log a WARNING if ``max_size + max_overflow``
+          cannot fit under them (docs/reliability.md, "Pool too large for the server").
         - ``name``: shown in ``repr``, logs, errors and stats (default ``pool-N``).
         - ``open``: ``Pool`` opens in the constructor unless ``open=False``
           (then ``pool.open()``); an ``AsyncPool`` opens only with ``await pool.open()`` or
@@ -139,6 +145,7 @@ class PoolBase:
             name=name,
             workers=workers,
             server_pooler=server_pooler,
+            check_server_limits=check_server_limits,
         )
         self._check_open(open)
         self._adapter = self._resolve_target(target, connect_kwargs, server_pooler)
@@ -161,6 +168,8 @@ class PoolBase:
         #: callbacks (any thread, any moment), drained by the housekeeper
         self._gc_queue: SimpleQueue[ConnRecord] = SimpleQueue()
         self._gc_notify: Callable[[], None] = _nothing
+        #: taken (never released) by the first connect that gets to check the server's limits
+        self._limits_once = self._limits_lock(config)
         self._init_shell(open)
 
     # -- what each shell provides ------------------------------------------------------------
@@ -266,6 +275,70 @@ class PoolBase:
             if core.collected(rec, now):
                 found = True
                 log.warning(messages.garbage_collected(core, rec))
+
+    # -- the server's limits, checked once at the first connect -------------------------------
+
+    def _limits_lock(self, config: PoolConfig) -> threading.Lock | None:
+        if not config.check_server_limits:
+            return None
+        if config.server_pooler is not None:
+            log.debug(
+                "pool %r: server's connection limits not checked: behind %s the server counts "
+                "the pooler's sessions, not this pool's; the ceiling for this pool is the "
+                "pooler's max_client_conn",
+                self.name,
+                config.server_pooler,
+            )
+            return None
+        if not callable(getattr(self._adapter, "server_limits", None)):
+            return None  # an adapter of the user's own, older than this check
+        return threading.Lock()
+
+    def _limits_due(self) -> bool:
+        """True once per pool, for the first connection that opens (any thread)."""
+        once = self._limits_once
+        return once is not None and once.acquire(blocking=False)
+
+    def _limits_failed(self, exc: Exception, conn: Any) -> bool:
+        """Log a failed check at DEBUG. Re-raise ``exc`` if the connection went with it (then
+        it counts as a failed connect); True if it left a transaction to roll back."""
+        log.debug(
+            "pool %r: could not read the server's connection limits: %s", self.name, self._text(exc)
+        )
+        if isinstance(exc, TimeoutError) or self._adapter.is_disconnect(exc, conn):
+            raise exc
+        return self._status(conn) not in (TxStatus.IDLE, TxStatus.UNKNOWN)
+
+    def _report_limits(self, limits: ServerLimits | None) -> None:
+        """One WARNING when ``max_size + max_overflow`` cannot fit under a server limit."""
+        if limits is None:
+            return
+        if limits.pooler is not None:
+            log.info(
+                "pool %r: server's connection limits not checked: %s; the sessions the server "
+                "counts are the pooler's, so the ceiling for this pool is the pooler's "
+                "max_client_conn (set server_pooler= to say so and silence this)",
+                self.name,
+                limits.pooler,
+            )
+            return
+        core = self._core
+        cap = core.cap
+        # this pool's sessions the server may already count (the checking one included)
+        found = tightest(limits, cap, own=core.size + core.opening)
+        if found is None:
+            return
+        limit, others, headroom = found
+        log.warning(
+            "pool %r is too large for the server: max_size + max_overflow = %d, but %s; "
+            "%d other session(s) count against it now, so headroom for this pool is %d "
+            "connection(s); connects beyond that will fail",
+            self.name,
+            cap,
+            limit.source,
+            others,
+            headroom,
+        )
 
     # -- logging -----------------------------------------------------------------------------
 

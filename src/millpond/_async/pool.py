@@ -576,7 +576,24 @@ class AsyncPool(PoolBase):
 
     async def _setup(self, conn: Any) -> bool | None:
         await self._configure(conn)
-        return self._adapter.get_autocommit(conn)
+        autocommit = self._adapter.get_autocommit(conn)
+        if self._limits_due():
+            await self._check_limits(conn)
+        return autocommit
+
+    async def _check_limits(self, conn: Any) -> None:
+        """Read the server's limits on the first new connection, bounded by ping_timeout.
+        A failure is logged and ignored, unless it took the connection with it (a timeout
+        does: the query was cut off mid-way)."""
+        adapter = self._adapter
+        limits = None
+        async with asyncio.timeout(self._config.ping_timeout):
+            try:
+                limits = await adapter.server_limits(conn)
+            except Exception as exc:
+                if self._limits_failed(exc, conn):
+                    await adapter.rollback(conn)
+        self._report_limits(limits)
 
     async def _configure(self, conn: Any) -> None:
         configure = self._config.configure

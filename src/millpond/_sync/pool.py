@@ -516,11 +516,34 @@ class Pool(PoolBase):
         reset restores. A failure closes the connection and counts as a failed connect."""
         try:
             self._configure(conn)
-            return self._adapter.get_autocommit(conn)
+            autocommit = self._adapter.get_autocommit(conn)
+            if self._limits_due():
+                self._check_limits(conn)
+            return autocommit
         except BaseException:
             with contextlib.suppress(Exception):
                 self._adapter.close(conn)
             raise
+
+    def _check_limits(self, conn: Any) -> None:
+        """Read the server's limits on the first new connection, bounded by ping_timeout.
+        A failure is logged and ignored, unless it took the connection with it."""
+        adapter = self._adapter
+        token = watchdog.arm(
+            time.monotonic() + self._config.ping_timeout, functools.partial(adapter.interrupt, conn)
+        )
+        limits = None
+        try:
+            try:
+                limits = adapter.server_limits(conn)
+            except Exception as exc:
+                if self._limits_failed(exc, conn):
+                    adapter.rollback(conn)
+        finally:
+            interrupted = not watchdog.disarm(token)
+        if interrupted:  # it answered just as the watchdog shut its socket down
+            raise PoolTimeout(f"pool {self.name!r}: limits query unanswered (ping_timeout)")
+        self._report_limits(limits)
 
     def _close_one(self, rec: ConnRecord, reason: str) -> None:
         conn = rec.conn if rec.conn is not None else rec.pin

@@ -16,6 +16,7 @@ from typing import Any
 from millpond.drivers.async_base import AsyncAdapter, transport_fd
 from millpond.drivers.async_url import check_connect_kwargs
 from millpond.drivers.base import ConnectParams, TxStatus, load_driver
+from millpond.drivers.limits import ServerLimits, mysql_limits, mysql_sql, server_info
 from millpond.drivers.pymysql import MYSQL_DISCONNECT_CODES
 
 __all__ = ["AiomysqlAdapter"]
@@ -88,6 +89,20 @@ class AiomysqlAdapter(AsyncAdapter):
 
     async def ping(self, conn: Any) -> None:
         await conn.ping(reconnect=False)  # COM_PING: one round trip, no transaction
+
+    async def server_limits(self, conn: Any) -> ServerLimits:
+        try:
+            cur = await conn.cursor()
+            try:
+                await cur.execute(mysql_sql(server_info(conn)))
+                row = await cur.fetchone()
+            finally:
+                await cur.close()
+        finally:
+            await conn.rollback()  # a SELECT outside autocommit begins a transaction
+        if row is None:
+            raise LookupError("the limits query returned no row")
+        return mysql_limits(tuple(row))
 
     def is_disconnect(self, exc: BaseException, conn: Any | None = None) -> bool:
         if conn is not None and conn.closed:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from millpond.drivers.base import TxStatus, alive_by_socket, fileno_fd, redact
+from millpond.drivers.limits import ServerLimits
 from millpond.errors import ConfigError
 
 __all__ = ["AsyncAdapter", "transport_fd"]
@@ -139,6 +140,10 @@ class AsyncAdapter:
         if conn is not None and self.is_closed(conn):
             return True
         return bool(self.disconnect_errors) and isinstance(exc, self.disconnect_errors)
+
+    async def server_limits(self, conn: Any) -> ServerLimits | None:
+        """The async twin of :meth:`SyncAdapter.server_limits`: None when unknown."""
+        return None
 
     # -- session state ---------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any
 from millpond.drivers.async_base import AsyncAdapter, transport_fd
 from millpond.drivers.async_url import check_connect_kwargs
 from millpond.drivers.base import ConnectParams, TxStatus, load_driver
+from millpond.drivers.limits import PG_SQL, ServerLimits, pg_limits
 from millpond.errors import ConfigError
 
 __all__ = ["AsyncpgAdapter"]
@@ -121,6 +122,11 @@ class AsyncpgAdapter(AsyncAdapter):
         # query would be cheaper for the server, but asyncpg 0.32 fails to decode its
         # EmptyQueryResponse.
         await conn.execute("SELECT 1")
+
+    async def server_limits(self, conn: Any) -> ServerLimits:
+        # outside a transaction asyncpg runs in autocommit: nothing is left open
+        row = await conn.fetchrow(PG_SQL)
+        return pg_limits(tuple(row), conn.get_server_pid())
 
     def is_disconnect(self, exc: BaseException, conn: Any | None = None) -> bool:
         if conn is not None and conn.is_closed():

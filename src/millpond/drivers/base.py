@@ -18,6 +18,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from millpond.drivers.limits import ServerLimits
 from millpond.errors import ConfigError, PoolError
 
 __all__ = [
@@ -321,6 +322,12 @@ class SyncAdapter:
         if conn is not None and self.is_closed(conn):
             return True
         return bool(self.disconnect_errors) and isinstance(exc, self.disconnect_errors)
+
+    def server_limits(self, conn: Any) -> ServerLimits | None:
+        """The server's connection limits that apply to this connection's sessions, read in
+        one query when a pool opens (see :mod:`millpond.drivers.limits`); None when the
+        adapter does not know its server. Must leave no transaction open."""
+        return None
 
     # -- session state ---------------------------------------------------------------------
 

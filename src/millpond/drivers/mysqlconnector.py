@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from millpond.drivers.base import ConnectParams, SyncAdapter, TxStatus, load_driver, shutdown_socket
+from millpond.drivers.limits import ServerLimits, mysql_server_limits
 from millpond.drivers.pymysql import MYSQL_DISCONNECT_CODES
 from millpond.errors import ConfigError
 
@@ -81,6 +82,9 @@ class MySQLConnectorAdapter(SyncAdapter):
             conn.cmd_ping()
         else:
             conn.ping()  # the C extension's cmd_ping() is not implemented
+
+    def server_limits(self, conn: Any) -> ServerLimits:
+        return mysql_server_limits(conn)
 
     def is_disconnect(self, exc: BaseException, conn: Any | None = None) -> bool:
         if conn is not None and self.is_closed(conn):

@@ -27,6 +27,7 @@ from millpond.drivers.base import (
     load_driver,
     shutdown_socket,
 )
+from millpond.drivers.limits import ServerLimits, mysql_server_limits
 from millpond.drivers.pymysql import MYSQL_DISCONNECT_CODES
 
 __all__ = ["MySQLdbAdapter"]
@@ -174,6 +175,9 @@ class MySQLdbAdapter(SyncAdapter):
 
     def ping(self, conn: Any) -> None:
         conn.ping()  # mysql_ping(): COM_PING, one round trip, no transaction
+
+    def server_limits(self, conn: Any) -> ServerLimits:
+        return mysql_server_limits(conn)
 
     def is_disconnect(self, exc: BaseException, conn: Any | None = None) -> bool:
         if conn is not None and not conn.open:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from millpond.drivers.base import ConnectParams, SyncAdapter, TxStatus, load_driver
+from millpond.drivers.limits import PG_SQL, ServerLimits, fetch_row, pg_limits
 
 __all__ = ["PsycopgAdapter"]
 
@@ -73,6 +74,9 @@ class PsycopgAdapter(SyncAdapter):
         finally:
             if not conn.closed:
                 conn.autocommit = False
+
+    def server_limits(self, conn: Any) -> ServerLimits:
+        return pg_limits(fetch_row(conn, PG_SQL), conn.info.backend_pid)
 
     def is_disconnect(self, exc: BaseException, conn: Any | None = None) -> bool:
         if conn is not None and conn.closed:

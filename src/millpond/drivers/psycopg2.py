@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from millpond.drivers.base import ConnectParams, SyncAdapter, TxStatus, load_driver
+from millpond.drivers.limits import PG_SQL, ServerLimits, fetch_row, pg_limits
 
 __all__ = ["Psycopg2Adapter"]
 
@@ -64,6 +65,10 @@ class Psycopg2Adapter(SyncAdapter):
             cur.execute("SELECT 1")
         finally:
             cur.close()
+
+    def server_limits(self, conn: Any) -> ServerLimits:
+        # get_backend_pid is libpq's PQbackendPID: what the server said at connect, no I/O
+        return pg_limits(fetch_row(conn, PG_SQL), conn.get_backend_pid())
 
     def is_disconnect(self, exc: BaseException, conn: Any | None = None) -> bool:
         if conn is not None and conn.closed:

@@ -12,6 +12,7 @@ from typing import Any
 
 from millpond.drivers.async_base import AsyncAdapter
 from millpond.drivers.base import ConnectParams, TxStatus, load_driver
+from millpond.drivers.limits import PG_SQL, ServerLimits, pg_limits
 
 __all__ = ["PsycopgAsyncAdapter"]
 
@@ -110,6 +111,16 @@ class PsycopgAsyncAdapter(AsyncAdapter):
         finally:
             if not conn.closed:
                 await conn.set_autocommit(False)
+
+    async def server_limits(self, conn: Any) -> ServerLimits:
+        try:
+            cur = await conn.execute(PG_SQL, prepare=False)
+            row = await cur.fetchone()
+        finally:
+            await conn.rollback()  # the query began a transaction outside autocommit
+        if row is None:
+            raise LookupError("the limits query returned no row")
+        return pg_limits(tuple(row), conn.info.backend_pid)
 
     def is_disconnect(self, exc: BaseException, conn: Any | None = None) -> bool:
         if conn is not None and conn.closed:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from millpond.drivers.base import ConnectParams, SyncAdapter, TxStatus, load_driver, shutdown_socket
+from millpond.drivers.limits import ServerLimits, mysql_server_limits
 
 __all__ = ["MYSQL_DISCONNECT_CODES", "PyMySQLAdapter"]
 
@@ -116,6 +117,9 @@ class PyMySQLAdapter(SyncAdapter):
 
     def ping(self, conn: Any) -> None:
         conn.ping(reconnect=False)  # COM_PING: one round trip, no transaction
+
+    def server_limits(self, conn: Any) -> ServerLimits:
+        return mysql_server_limits(conn)
 
     def is_disconnect(self, exc: BaseException, conn: Any | None = None) -> bool:
         if conn is not None and not conn.open:
