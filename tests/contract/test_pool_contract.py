@@ -651,6 +651,9 @@ def test_connect_kwargs_with_an_adapter_is_refused(kind: str, driver: Any) -> No
 # -- fork ------------------------------------------------------------------------------------
 
 
+# the pool's threads are alive at fork() on purpose: that is the case under test (Python 3.12+
+# warns about it)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 @pytest.mark.parametrize("kind", ["sync"])  # an event loop does not survive fork()
 def test_child_after_fork_drops_inherited_connections_without_closing(
