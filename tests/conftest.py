@@ -3,7 +3,8 @@
 ``pg_url`` and ``mysql_url`` check once per session that their server accepts TCP
 connections. An unreachable server skips the tests that need it, except under ``CI=true``,
 where it fails them: CI must not go green by quietly skipping. Point the tests elsewhere with
-``MILLPOND_PG_URL`` / ``MILLPOND_MYSQL_URL``.
+``MILLPOND_PG_URL`` / ``MILLPOND_MYSQL_URL``. A package that ``pytest.importorskip`` cannot
+import fails the same way under ``CI=true``: a venv that lacks a driver must not pass.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ import functools
 import importlib
 import os
 import socket
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+
+#: how pytest.importorskip words its skip
+_IMPORT_SKIP = "could not import"
 
 PG_URL = os.environ.get("MILLPOND_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("MILLPOND_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
@@ -73,3 +78,32 @@ def mysql_url() -> str:
 def sqlite_path(tmp_path: Path) -> Path:
     """A path for a SQLite database file that does not exist yet, removed after the test."""
     return tmp_path / "millpond-test.sqlite"
+
+
+def _fail_import_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if os.environ.get("CI") != "true" or not report.skipped:
+        return
+    longrepr = report.longrepr
+    # a skip's longrepr is (path, line, "Skipped: <reason>")
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    if _IMPORT_SKIP in reason:
+        report.outcome = "failed"
+        report.longrepr = f"{reason}; CI=true requires every test dependency to be installed"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    _fail_import_skip(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    _fail_import_skip(report)
+    return report
