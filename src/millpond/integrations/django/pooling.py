@@ -264,8 +264,14 @@ class PooledWrapperMixin:
                 # OperationalError as it does for a connect without a pool
                 raise cause from exc
             raise
+        try:
+            self._millpond_after_borrow(conn)
+        except BaseException:
+            # Django keeps no reference to a connection its connect raised on: give it back
+            # (the client-side state may be half set, so it goes back through the reset)
+            pool.putconn(conn)
+            raise
         self._millpond_source = pool
-        self._millpond_after_borrow(conn)
         return conn
 
     def init_connection_state(self) -> None:
