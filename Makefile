@@ -33,7 +33,7 @@ benchmarks: $(VENV)/.dev
 
 # The Django backends on Django 6.x, in a venv of their own (Django 6 needs Python 3.12+;
 # the main venv keeps Django 5.2 LTS). mysqlclient builds from source (libmariadb-dev,
-# pkg-config).
+# pkg-config). psycopg_pool and tblib: for tools/django_differential.py under Django 6.
 # python3.12 on PATH, else pyenv's newest 3.12
 PYTHON312 ?= $(shell command -v python3.12 >/dev/null 2>&1 && python3.12 -c 1 2>/dev/null \
 	&& echo python3.12 || echo "$$(pyenv prefix "$$(pyenv latest 3.12)" 2>/dev/null)/bin/python3")
@@ -44,7 +44,8 @@ $(DJ6_VENV)/.dj6: pyproject.toml
 	$(PYTHON312) -m venv $(DJ6_VENV)
 	$(DJ6_BIN)/python -m pip install -q --upgrade pip
 	$(DJ6_BIN)/python -m pip install -q -e '.[django,psycopg,psycopg2,pymysql,mysqlclient]' \
-		'Django>=6,<7' 'pytest>=8' 'pytest-asyncio>=0.23' 'hypothesis>=6.100'
+		'Django>=6,<7' 'pytest>=8' 'pytest-asyncio>=0.23' 'hypothesis>=6.100' \
+		'psycopg_pool>=3.2' tblib
 	touch $@
 
 test-django6: $(DJ6_VENV)/.dj6

@@ -5,8 +5,10 @@
 
 Django's source distribution (the version installed in this interpreter) comes from PyPI
 through ``pip download`` and is cached in the temporary directory; its ``tests/runtests.py``
-runs the chosen apps twice per backend: ENGINE ``django.db.backends.<backend>``, then
-``millpond.integrations.django.<backend>`` with ``OPTIONS["pool"]``. A test runner written
+runs the chosen apps per backend with ENGINE ``django.db.backends.<backend>`` (no pool), then
+``millpond.integrations.django.<backend>`` with ``OPTIONS["pool"]``, and on PostgreSQL once
+more on Django's own pool (the stock ENGINE with ``OPTIONS["pool"]``), which tells the
+differences every pool makes from millpond's own. A test runner written
 next to the settings records every test's outcome; the report gives pass/fail/error/skip
 counts for each engine and the tests whose outcome differs, with the error's last line.
 
@@ -216,18 +218,19 @@ def drop_databases(backend: str, token: str) -> list[str]:
 
 
 def run_suite(
-    tests: Path, work: Path, backend: str, engine: str, apps: list[str], parallel: int,
-    mysql_driver: str,
+    tests: Path, work: Path, backend: str, kind: str, engine: str, apps: list[str],
+    parallel: int, mysql_driver: str,
 ) -> tuple[dict[str, list[str]], float, str]:
-    """One runtests.py run: test id -> [status, detail], its wall time, its output's tail."""
+    """One runtests.py run: test id -> [status, detail], its wall time, its output's tail.
+    ``kind``: stock (no pool), millpond, or django-pool (the stock ENGINE with Django's own
+    psycopg_pool, PostgreSQL only): the same pool options for both pools."""
     token = f"mpdiff{secrets.token_hex(3)}"
-    pooled = engine.startswith("millpond")
-    out = work / f"{backend}-{'millpond' if pooled else 'stock'}.json"
+    out = work / f"{backend}-{kind}.json"
     env = {
         **os.environ,
         "MP_DIFF_ENGINE": engine,
         "MP_DIFF_DB": json.dumps(server(backend)),
-        "MP_DIFF_POOL": json.dumps(POOL if pooled else None),
+        "MP_DIFF_POOL": json.dumps(None if kind == "stock" else POOL),
         "MP_DIFF_NAME": token,
         "MP_DIFF_OUT": str(out),
         "MP_DIFF_MYSQL_DRIVER": mysql_driver,
@@ -251,7 +254,7 @@ def run_suite(
     expected = f"{engine}.base"
     if recorded["wrapper"] != expected:
         raise SystemExit(f"{engine}: the run used {recorded['wrapper']}, not {expected}")
-    print(f"  {backend} {engine}: {len(outcomes)} tests in {elapsed:.0f}s "
+    print(f"  {backend} {kind}: {len(outcomes)} tests in {elapsed:.0f}s "
           f"(dropped {len(dropped)} databases)", file=sys.stderr)
     return outcomes, elapsed, tail
 
@@ -259,6 +262,7 @@ def run_suite(
 def compare(
     stock: dict[str, list[str]], ours: dict[str, list[str]]
 ) -> list[dict[str, str]]:
+    """The tests whose outcome differs ("millpond" is the pooled run, whichever pool)."""
     differ = []
     for test in sorted(set(stock) | set(ours)):
         a = stock.get(test, ["absent", ""])
@@ -278,6 +282,8 @@ def main() -> None:
                         default="mysqlclient")
     parser.add_argument("--cache", type=Path,
                         default=Path(tempfile.gettempdir()) / "millpond-django-sdist")
+    parser.add_argument("--no-django-pool", action="store_true",
+                        help="skip the run on Django's own PostgreSQL pool")
     parser.add_argument("--json", type=Path, help="write the full report here")
     args = parser.parse_args()
 
@@ -292,11 +298,15 @@ def main() -> None:
         (work / "mp_diff_settings.py").write_text(SETTINGS)
         (work / "mp_diff_runner.py").write_text(RUNNER)
         for backend in backends:
+            kinds = {"stock": f"django.db.backends.{backend}",
+                     "millpond": f"millpond.integrations.django.{backend}"}
+            if backend == "postgresql" and not args.no_django_pool:
+                kinds["django-pool"] = kinds["stock"]
             runs = {}
-            for kind, engine in (("stock", f"django.db.backends.{backend}"),
-                                 ("millpond", f"millpond.integrations.django.{backend}")):
+            for kind, engine in kinds.items():
                 outcomes, elapsed, tail = run_suite(
-                    tests, work, backend, engine, args.apps, args.parallel, args.mysql_driver
+                    tests, work, backend, kind, engine, args.apps, args.parallel,
+                    args.mysql_driver,
                 )
                 runs[kind] = {
                     "counts": dict(Counter(status for status, _ in outcomes.values())),
@@ -305,28 +315,30 @@ def main() -> None:
                     "tail": tail,
                 }
             report["backends"][backend] = {
-                "stock": {k: v for k, v in runs["stock"].items() if k != "outcomes"},
-                "millpond": {k: v for k, v in runs["millpond"].items() if k != "outcomes"},
-                "differ": compare(runs["stock"]["outcomes"], runs["millpond"]["outcomes"]),
+                **{k: {f: v for f, v in r.items() if f != "outcomes"} for k, r in runs.items()},
+                # each pooled run against the stock one
+                "differ": {k: compare(runs["stock"]["outcomes"], r["outcomes"])
+                           for k, r in runs.items() if k != "stock"},
             }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(f"Django {report['django']}, apps: {' '.join(args.apps)}")
     for backend, r in report["backends"].items():
-        for kind in ("stock", "millpond"):
+        for kind in [k for k in r if k != "differ"]:
             counts = r[kind]["counts"]
-            print(f"{backend:10} {kind:8} " + "  ".join(
+            print(f"{backend:10} {kind:11} " + "  ".join(
                 f"{s}={counts.get(s, 0)}" for s in ("pass", "fail", "error", "skip", "xfail",
                                                     "xpass")
             ) + f"  ({r[kind]['seconds']:.0f}s)")
-        print(f"{backend:10} differing: {len(r['differ'])}")
-        for d in r["differ"]:
-            print(textwrap.indent(
-                f"{d['test']}: stock {d['stock']}, millpond {d['millpond']}"
-                + (f"\n  {d['millpond_detail'] or d['stock_detail']}"
-                   if d["millpond_detail"] or d["stock_detail"] else ""),
-                "  ",
-            ))
+        for kind, differ in r["differ"].items():
+            print(f"{backend:10} {kind} differs from stock in {len(differ)}:")
+            for d in differ:
+                detail = d["millpond_detail"] or d["stock_detail"]
+                print(textwrap.indent(
+                    f"{d['test']}: stock {d['stock']}, {kind} {d['millpond']}"
+                    + (f"\n  {detail}" if detail else ""),
+                    "  ",
+                ))
 
 
 if __name__ == "__main__":
