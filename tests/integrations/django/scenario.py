@@ -4,7 +4,8 @@ Run by ``test_django_backend.py`` in a subprocess (Django's settings are process
 the environment of ``djproject.settings`` and ``MP_DJ_SCENARIO``: ``requests`` (migrations,
 16 threads through the test client, session isolation, a raising view, the server-side cap)
 or ``testcase`` (Django's test runner on ``djproject.shop.tests``: test database creation,
-TestCase rollback).
+TestCase rollback) or ``wrapper`` (what Django's own test suite pokes: a second
+``init_connection_state()``, ``is_usable()`` after ``_close()``, ``close()`` after fork).
 """
 
 from __future__ import annotations
@@ -202,9 +203,82 @@ def scenario_testcase() -> dict[str, Any]:
     return {"failures": failures}
 
 
+def _session_setting() -> str:
+    """The session setting Django's init_connection_state() applies on this backend."""
+    with connection.cursor() as cursor:
+        if settings.BACKEND == "postgresql":
+            cursor.execute("SHOW TIME ZONE")
+        else:
+            cursor.execute(
+                "SHOW SESSION VARIABLES"
+                " WHERE Variable_name IN ('tx_isolation', 'transaction_isolation')"
+            )
+        row = cursor.fetchone()
+        return str(row[-1])
+
+
+def _backend_pid() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_backend_pid()" if settings.BACKEND == "postgresql" else "SELECT CONNECTION_ID()"
+        )
+        return int(cursor.fetchone()[0])
+
+
+def scenario_wrapper() -> dict[str, Any]:
+    """What Django's own test suite pokes on a wrapper: init_connection_state() by hand,
+    is_usable() after _close(), close() in a forked child."""
+    out: dict[str, Any] = {}
+    # init_connection_state() called again reapplies Django's session set-up
+    out["setting_at_borrow"] = _session_setting()
+    with connection.cursor() as cursor:
+        if settings.BACKEND == "postgresql":
+            cursor.execute("SET TIME ZONE 'America/New_York'")
+        else:
+            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+    out["setting_changed"] = _session_setting()
+    connection.init_connection_state()
+    out["setting_after_init"] = _session_setting()
+
+    # is_usable() after the connection went back: False, not an AttributeError
+    connection._close()
+    out["usable_after_close"] = connection.is_usable()
+    connection.close()
+
+    # fork with a connection borrowed: the child's close() leaves the parent's session alone
+    parent_pid = _backend_pid()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        report: dict[str, Any] = {}
+        try:
+            connection.close()
+            report["closed"] = True
+            report["pid"] = _backend_pid()
+            connection.close()
+            report["in_use"] = pool_stats()["in_use"]  # type: ignore[index]
+        except BaseException as exc:
+            report["error"] = repr(exc)
+        os.write(write, json.dumps(report).encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(child, 0)
+    with os.fdopen(read) as f:
+        out["child"] = json.loads(f.read())
+    out["child_status"] = status
+    # the parent's connection survived the child: same session, still answering
+    out["parent_same_session"] = _backend_pid() == parent_pid
+    out["parent_other_than_child"] = parent_pid != out["child"].get("pid")
+    connection.close()
+    out["pool_after"] = pool_stats()
+    return out
+
+
 def main() -> None:
     name = os.environ["MP_DJ_SCENARIO"]
-    result = {"requests": scenario_requests, "testcase": scenario_testcase}[name]()
+    result = {
+        "requests": scenario_requests, "testcase": scenario_testcase, "wrapper": scenario_wrapper,
+    }[name]()
     if settings.ENGINE_KIND == "millpond":
         from millpond.integrations.django import close_pools
 

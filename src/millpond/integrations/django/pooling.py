@@ -138,6 +138,10 @@ class PooledWrapperMixin:
 
     #: the pool the current connection came from (None: not pooled, or no connection)
     _millpond_source: millpond.Pool | None = None
+    #: the process that borrowed it: a forked child inherits the wrapper, not the loan
+    _millpond_pid: int = 0
+    #: borrowed and not yet through Django's init_connection_state()
+    _millpond_fresh: bool = False
 
     # provided by Django's DatabaseWrapper
     settings_dict: dict[str, Any]
@@ -264,17 +268,34 @@ class PooledWrapperMixin:
                 # OperationalError as it does for a connect without a pool
                 raise cause from exc
             raise
+        try:
+            self._millpond_after_borrow(conn)
+        except BaseException:
+            # Django keeps no reference to a connection its connect raised on: give it back
+            # (the client-side state may be half set, so it goes back through the reset)
+            pool.putconn(conn)
+            raise
         self._millpond_source = pool
-        self._millpond_after_borrow(conn)
+        self._millpond_pid = os.getpid()
+        self._millpond_fresh = True
         return conn
 
     def init_connection_state(self) -> None:
-        if self._millpond_source is None:
+        if self._millpond_source is None or not self._millpond_fresh:
+            # not pooled, or called again by hand: Django's whole session set-up, as on
+            # the stock backend
             super().init_connection_state()  # type: ignore[misc]
             return
+        self._millpond_fresh = False
         # the pool's configure applied the backend's session settings when the connection
         # was opened, and again after every full reset: only Django's version check is left
         BaseDatabaseWrapper.init_connection_state(self)
+
+    def is_usable(self) -> bool:
+        if self.connection is None:
+            # given back by _close(), where the stock wrapper would hold a closed connection
+            return False
+        return bool(super().is_usable())  # type: ignore[misc]
 
     def _close(self) -> None:
         pool = self._millpond_source
@@ -286,5 +307,11 @@ class PooledWrapperMixin:
         # reference (closed_in_transaction), and by then it may be lent to another thread
         self.connection = None
         self._millpond_source = None
+        self._millpond_fresh = False
+        if self._millpond_pid != os.getpid():
+            # inherited across fork() (Django's parallel test workers, a fork after a
+            # query): the parent's session; the child's pool keeps the object alive so that
+            # no driver finalizer talks on the parent's socket, and nothing else touches it
+            return
         with self.wrap_database_errors:  # type: ignore[attr-defined]
             pool.putconn(conn)
