@@ -353,7 +353,7 @@ class PoolBase:
     # -- events ------------------------------------------------------------------------------
 
     def subscribe(
-        self, listener: Listener, kinds: Iterable[EventKind] | None = None
+        self, listener: Listener, kinds: Iterable[str] | None = None
     ) -> Unsubscribe:
         """Call ``listener(event)`` with a :class:`millpond.PoolEvent` for each event of
         ``kinds`` (default: every kind). Returns a function that unsubscribes it.
