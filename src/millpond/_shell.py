@@ -362,7 +362,7 @@ class PoolBase:
         event loop, synchronously) where the event happened: they must be quick and must not
         block. One that raises is logged at WARNING the first time (DEBUG after) and never
         breaks the pool. Listening to "checkout" or "checkin" sends every checkout and return
-        through the pool's slow path (about a microsecond more each); the other kinds cost
+        through the pool's slow path (a few microseconds more each); the other kinds cost
         nothing until they happen.
         """
         if not callable(listener):

@@ -9,7 +9,7 @@ observable ones whose callbacks read ``pool.stats()`` at collection time. The du
 histograms (``create_time``, ``wait_time``, ``use_time``, in seconds, on millpond's bucket
 bounds) are recorded by a listener subscribed to the pool's connect, checkout and checkin
 events (:meth:`Pool.subscribe`): the OpenTelemetry API has no asynchronous histogram. Listening
-to checkouts sends them through the pool's slow path, about a microsecond each; use
+to checkouts sends them through the pool's slow path, a few microseconds each; use
 ``histograms=False`` to keep the fast path (``stats()`` and Prometheus still have the
 histograms). Every observation carries ``db.client.connection.pool.name`` (the pool's
 ``name``, never its URL).
