@@ -1,6 +1,7 @@
 """millpond: a fast, safe database connection pool for threads and asyncio."""
 
 from millpond._async.pool import AsyncPool
+from millpond._core.events import PoolEvent
 from millpond._core.histogram import HistogramSnapshot
 from millpond._core.stats import PoolStats
 from millpond._sync.pool import Pool
@@ -26,6 +27,7 @@ __all__ = [
     "Pool",
     "PoolClosed",
     "PoolError",
+    "PoolEvent",
     "PoolStats",
     "PoolTimeout",
     "TooManyWaiters",

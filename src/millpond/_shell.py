@@ -13,12 +13,13 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from queue import Empty, SimpleQueue
 from typing import Any, ClassVar
 
 from millpond._config import PoolConfig, ResetPolicy, check_timeout, server_pooler_reset
 from millpond._core import messages
+from millpond._core.events import HOT_KINDS, KINDS, EventKind, PoolEvent
 from millpond._core.record import ConnRecord, Plan, Waiter
 from millpond._core.reset import Step, reset_steps
 from millpond._core.state import PoolCore
@@ -26,7 +27,10 @@ from millpond.drivers.base import TxStatus
 from millpond.drivers.limits import ServerLimits, tightest
 from millpond.errors import ConfigError, ConnectError
 
-__all__ = ["RESET_TIMEOUT", "PoolBase", "log"]
+__all__ = ["RESET_TIMEOUT", "Listener", "PoolBase", "Unsubscribe", "log"]
+
+Listener = Callable[[PoolEvent], object]
+Unsubscribe = Callable[[], None]
 
 log = logging.getLogger("millpond")
 
@@ -155,14 +159,20 @@ class PoolBase:
         self._clock: Callable[[], float] = clock or time.monotonic
         self._core = PoolCore(config, self.name)
         # "rollback" and None act only when the session is not idle; the others always do
-        self._reset_always = self._reset not in ("rollback", None)
+        self._reset_always = self._resets_always = self._reset not in ("rollback", None)
         self._full_reset_ok = bool(getattr(self._adapter, "supports_full_reset", True))
         self._status = self._adapter.status
         self._get_autocommit = self._adapter.get_autocommit
         alive = getattr(self._adapter, "socket_alive", None)
         self._socket_alive: Callable[[Any], bool] = alive if callable(alive) else _quiet
         self._peek_after = PEEK_AFTER if config.pre_ping else math.inf
+        # ``_leak_timeout`` not None (and ``_reset_always`` true) also divert checkouts (and
+        # returns) from the fast paths while a listener wants checkout/checkin events: the
+        # fast paths then need no test of their own (see _divert)
         self._leak_timeout = leak_timeout
+        self._track_leaks = leak_timeout is not None
+        self._subscriptions: tuple[_Subscription, ...] = ()
+        self._subscribing = threading.Lock()
         self._default_timeout = float(timeout)
         #: records of lent connections the garbage collector took; filled from weakref
         #: callbacks (any thread, any moment), drained by the housekeeper
@@ -222,7 +232,7 @@ class PoolBase:
         leak tracking on, the record learns where it was borrowed."""
         conn = rec.conn
         rec.conn = None
-        if self._leak_timeout is not None:
+        if self._track_leaks:
             rec.leak_reported = False
             rec.borrower = messages.borrower_stack(frame)
         return conn
@@ -340,6 +350,89 @@ class PoolBase:
             headroom,
         )
 
+    # -- events ------------------------------------------------------------------------------
+
+    def subscribe(
+        self, listener: Listener, kinds: Iterable[str] | None = None
+    ) -> Unsubscribe:
+        """Call ``listener(event)`` with a :class:`millpond.PoolEvent` for each event of
+        ``kinds`` (default: every kind). Returns a function that unsubscribes it.
+
+        Listeners run outside the pool's lock, on the thread (or, for an ``AsyncPool``, on the
+        event loop, synchronously) where the event happened: they must be quick and must not
+        block. One that raises is logged at WARNING the first time (DEBUG after) and never
+        breaks the pool. Listening to "checkout" or "checkin" sends every checkout and return
+        through the pool's slow path (a few microseconds more each); the other kinds cost
+        nothing until they happen.
+        """
+        if not callable(listener):
+            raise ConfigError(f"listener={listener!r} is not callable")
+        wanted = KINDS if kinds is None else frozenset(kinds)
+        unknown = wanted - KINDS
+        if unknown or not wanted:
+            raise ConfigError(
+                f"kinds={sorted(wanted)!r}: event kinds are {', '.join(sorted(KINDS))}"
+            )
+        sub = _Subscription(listener, wanted)
+        with self._subscribing:
+            self._subscriptions = (*self._subscriptions, sub)
+            self._divert()
+
+        def unsubscribe() -> None:
+            with self._subscribing:
+                self._subscriptions = tuple(s for s in self._subscriptions if s is not sub)
+                self._divert()
+
+        return unsubscribe
+
+    def unsubscribe(self, listener: Listener) -> None:
+        """Stop every subscription of ``listener`` (nothing happens if it has none)."""
+        with self._subscribing:
+            self._subscriptions = tuple(
+                # ==, not is: a bound method is a new object at each attribute access
+                s for s in self._subscriptions if s.listener != listener
+            )
+            self._divert()
+
+    def _divert(self) -> None:
+        """Send checkouts and returns down the slow path while a listener wants them (the
+        slow path emits their events), by the two flags the fast paths already test."""
+        hot = any(s.kinds & HOT_KINDS for s in self._subscriptions)
+        leak_timeout = self._config.leak_timeout
+        self._leak_timeout = math.inf if hot and leak_timeout is None else leak_timeout
+        self._reset_always = hot or self._resets_always
+
+    def _emit(
+        self,
+        kind: EventKind,
+        duration: float | None = None,
+        reason: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Deliver one event (call outside the lock). Nothing is built without a listener."""
+        subs = self._subscriptions
+        if not subs:
+            return
+        event: PoolEvent | None = None
+        for sub in subs:
+            if kind not in sub.kinds:
+                continue
+            if event is None:
+                event = PoolEvent(kind, self.name, duration, reason, error)
+            try:
+                sub.listener(event)
+            except Exception:
+                level = logging.DEBUG if sub.warned else logging.WARNING
+                sub.warned = True
+                log.log(
+                    level,
+                    "pool %r: event listener %r raised on a %r event (ignored)",
+                    self.name,
+                    sub.listener,
+                    kind,
+                    exc_info=True,
+                )
+
     # -- logging -----------------------------------------------------------------------------
 
     def _text(self, exc: BaseException) -> str:
@@ -351,6 +444,7 @@ class PoolBase:
             now = self._clock()
             for rec in plan.leaks:
                 log.warning(messages.leak_held(self._core, rec, now))
+                self._emit("leak", duration=now - rec.lent_at)
 
     def _log_leak_returned(self, rec: ConnRecord, now: float) -> None:
         log.warning(messages.leak_returned(self._core, rec, now))
@@ -391,6 +485,15 @@ class PoolBase:
             f"size={core.size} idle={len(core.idle)} in_use={len(core.lent)} "
             f"max_size={core.max_size}>"
         )
+
+
+class _Subscription:
+    __slots__ = ("kinds", "listener", "warned")
+
+    def __init__(self, listener: Listener, kinds: frozenset[str]) -> None:
+        self.listener = listener
+        self.kinds = kinds
+        self.warned = False  # its first exception is logged at WARNING, later ones at DEBUG
 
 
 def _nothing() -> None:

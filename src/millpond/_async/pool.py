@@ -27,7 +27,7 @@ from millpond._core.reset import Step
 from millpond._core.stats import PoolStats
 from millpond._shell import PoolBase, log
 from millpond.drivers.async_base import AsyncAdapter
-from millpond.errors import ConfigError, PoolClosed, WrongEventLoop
+from millpond.errors import ConfigError, PoolClosed, PoolTimeout, WrongEventLoop
 
 __all__ = ["AsyncPool"]
 
@@ -251,6 +251,16 @@ class AsyncPool(PoolBase):
         return None
 
     async def _getconn_slow(self, timeout: float | None, fail_fast: bool, frame: Any) -> Any:
+        asked = self._clock()
+        try:
+            return await self._checkout(timeout, fail_fast, frame, asked)
+        except PoolTimeout:
+            self._emit("timeout", duration=self._clock() - asked)
+            raise
+
+    async def _checkout(
+        self, timeout: float | None, fail_fast: bool, frame: Any, asked: float
+    ) -> Any:
         loop = _get_running_loop()
         budget = self._timeout(timeout)
         core = self._core
@@ -258,7 +268,6 @@ class AsyncPool(PoolBase):
             self._check_loop(loop)
         clock = self._clock
         deadline = time.monotonic() + budget
-        asked = clock()
         retry = False  # after a failed ping: keep our place at the head of the queue
 
         def make_waiter() -> Waiter:
@@ -269,7 +278,11 @@ class AsyncPool(PoolBase):
                 got = core.admit(clock(), budget, make_waiter, retry, fail_fast)
             finally:
                 self._carry_out_pending()  # stale idle connections admit retired, if any
-            rec = got if isinstance(got, ConnRecord) else await self._wait(got, deadline, budget)
+            if isinstance(got, ConnRecord):
+                rec = got
+            else:
+                self._emit("wait")
+                rec = await self._wait(got, deadline, budget)
             conn = rec.conn
             now = clock()
             if self._needs_ping(rec, conn, now) and not await self._ping(rec, conn, now, deadline):
@@ -277,7 +290,9 @@ class AsyncPool(PoolBase):
                     raise core.timed_out(budget, clock())
                 retry = True
                 continue
-            core.waited(clock() - asked)
+            waited = clock() - asked
+            core.waited(waited)
+            self._emit("checkout", duration=waited)
             return self._hand_over(rec, frame)
 
     async def _wait(self, waiter: Waiter, deadline: float, budget: float) -> ConnRecord:
@@ -481,10 +496,12 @@ class AsyncPool(PoolBase):
     def _finish_return(self, rec: ConnRecord, conn: Any, reason: str | None) -> None:
         core = self._core
         now = self._clock()
+        used = now - rec.lent_at  # before a hand-off to a waiter lends it anew
         core.returned(rec, conn, reason, now)
         if core.closed:
             self._notify()
         self._carry_out_pending()
+        self._emit("checkin", duration=used)
         if rec.leak_reported:
             self._log_leak_returned(rec, now)
 
@@ -537,17 +554,22 @@ class AsyncPool(PoolBase):
             if conn is not None:
                 with contextlib.suppress(Exception):
                     adapter.terminate(conn)
-            core.open_failed(self._connect_failure(exc), self._clock(), ticket)
+            failure = self._connect_failure(exc)
+            core.open_failed(failure, self._clock(), ticket)
             self._carry_out_pending()
             self._notify()
+            self._emit("connect_failed", error=str(failure))
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt, SystemExit: the loop's to handle, once counted
             return
-        rec = core.opened(conn, self._clock(), ticket)
+        now = self._clock()
+        started = core.connect_started(ticket)
+        rec = core.opened(conn, now, ticket)
         rec.autocommit = autocommit
         self._watch(rec, conn)
         self._carry_out_pending()
         self._notify()
+        self._emit("connect", duration=None if started is None else now - started)
 
     async def _keepalive_ping(self, rec: ConnRecord) -> None:
         adapter = self._adapter
@@ -613,6 +635,7 @@ class AsyncPool(PoolBase):
         finally:
             self._core.close_done(self._clock())
             self._carry_out_pending()
+            self._emit("close", reason=reason)
 
     async def _close_conn(self, conn: Any, reason: str) -> None:
         adapter = self._adapter
@@ -656,6 +679,7 @@ class AsyncPool(PoolBase):
         """Replace every connection: idle ones now, lent ones when they come back."""
         self._check_loop(_get_running_loop())
         self._core.drain(self._clock())
+        self._emit("drain")  # before the closes it plans
         self._carry_out_pending()
 
     def _check_loop(self, loop: asyncio.AbstractEventLoop) -> None:

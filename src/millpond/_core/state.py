@@ -334,6 +334,11 @@ class PoolCore:
         entry = self.connecting.pop(ticket, None)
         return entry is not None and entry[1] != self.gen
 
+    def connect_started(self, ticket: int) -> float | None:
+        """When the connect holding ``ticket`` began (None once it has ended)."""
+        entry = self.connecting.get(ticket)
+        return None if entry is None else entry[0]
+
     def waited(self, seconds: float) -> None:
         """A slow-path checkout got its connection ``seconds`` after asking."""
         self.wait_time.add(seconds)

@@ -237,11 +237,18 @@ class Pool(PoolBase):
         return self._getconn_slow(timeout, fail_fast, sys._getframe(1))
 
     def _getconn_slow(self, timeout: float | None, fail_fast: bool, frame: Any) -> Any:
+        asked = self._clock()
+        try:
+            return self._checkout(timeout, fail_fast, frame, asked)
+        except PoolTimeout:
+            self._emit("timeout", duration=self._clock() - asked)
+            raise
+
+    def _checkout(self, timeout: float | None, fail_fast: bool, frame: Any, asked: float) -> Any:
         budget = self._timeout(timeout)
         clock = self._clock
         deadline = time.monotonic() + budget
         core = self._core
-        asked = clock()
         retry = False  # after a failed ping: keep our place at the head of the queue
         while True:
             with self._lock:
@@ -251,7 +258,11 @@ class Pool(PoolBase):
                     plan = core.flush()  # stale idle connections admit retired, if any
             if plan:
                 self._carry_out(plan)
-            rec = got if isinstance(got, ConnRecord) else self._wait(got, deadline, budget)
+            if isinstance(got, ConnRecord):
+                rec = got
+            else:
+                self._emit("wait")
+                rec = self._wait(got, deadline, budget)
             conn = rec.conn
             now = clock()
             if self._needs_ping(rec, conn, now) and not self._ping(rec, conn, now, deadline):
@@ -261,7 +272,9 @@ class Pool(PoolBase):
                 retry = True
                 continue
             with self._lock:
-                core.waited(clock() - asked)
+                waited = clock() - asked
+                core.waited(waited)
+            self._emit("checkout", duration=waited)
             return self._hand_over(rec, frame)
 
     def _wait(self, waiter: Waiter, deadline: float, budget: float) -> ConnRecord:
@@ -394,12 +407,14 @@ class Pool(PoolBase):
         finally:
             with self._lock:
                 now = self._clock()
+                used = now - rec.lent_at  # before a hand-off to a waiter lends it anew
                 core.returned(rec, conn, reason, now)
                 if core.closed:
                     self._changed.notify_all()
                 plan = core.flush()
             if plan:
                 self._carry_out(plan)
+        self._emit("checkin", duration=used)
         if rec.leak_reported:
             self._log_leak_returned(rec, now)
 
@@ -482,18 +497,22 @@ class Pool(PoolBase):
                 plan = core.flush()
             if plan:
                 self._carry_out(plan)
+            self._emit("connect_failed", error=str(failure))
             hk = self._housekeeper
             if hk is not None:
                 hk.kick()  # it schedules the retry after the backoff
             return
         with self._lock:
-            rec = core.opened(conn, self._clock(), ticket)
+            now = self._clock()
+            started = core.connect_started(ticket)
+            rec = core.opened(conn, now, ticket)
             rec.autocommit = autocommit
             self._watch(rec, conn)
             self._changed.notify_all()
             plan = core.flush()
         if plan:
             self._carry_out(plan)
+        self._emit("connect", duration=None if started is None else now - started)
         hk = self._housekeeper
         if hk is not None and self._config.keepalive is not None:
             hk.kick()  # the new connection's keepalive deadline may come before its sleep ends
@@ -568,6 +587,7 @@ class Pool(PoolBase):
                 plan = self._core.flush()
             if plan:
                 self._carry_out(plan)
+            self._emit("close", reason=reason)
 
     def _housekeep(self, items: list[object]) -> float:
         with self._lock:
@@ -608,6 +628,7 @@ class Pool(PoolBase):
         with self._lock:
             self._core.drain(self._clock())
             plan = self._core.flush()
+        self._emit("drain")  # before the closes it plans
         if plan:
             self._carry_out(plan)
 

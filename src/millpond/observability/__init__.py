@@ -2,7 +2,8 @@
 and OpenTelemetry (:mod:`millpond.observability.otel`).
 
 Both read :meth:`Pool.stats` (and its wait/use/create histograms) when they are scraped or
-collected, so the pool's hot path pays nothing for them. Importing this package imports neither
+collected, so the pool's hot path pays nothing for them; only the OpenTelemetry duration
+histograms listen to the pool's checkout events instead (there is no asynchronous histogram). Importing this package imports neither
 ``prometheus_client`` nor ``opentelemetry``: each lives in its own extra.
 """
 
