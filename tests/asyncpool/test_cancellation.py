@@ -241,3 +241,76 @@ async def test_a_ping_that_never_answers_is_bounded_by_the_deadline() -> None:
     whole(pool, 1)
     assert pool.stats().closed_by_reason["ping_failed"] == 1
     await pool.close()
+
+
+class _StuckRecovering(AsyncFakeDriver):
+    """A driver whose recovery of a cut-off connection never finishes, and whose abandon
+    would wait too (as asyncpg's waits for its cancel request)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stuck = asyncio.Event()  # never set
+        self.recovering = asyncio.Event()
+
+    async def recover(self, conn: Any) -> bool:
+        self.recovering.set()
+        await self.stuck.wait()
+        return True
+
+    async def abandon(self, conn: Any) -> None:
+        await self.stuck.wait()
+
+
+async def test_close_does_not_wait_out_a_stuck_recovery() -> None:
+    """close(timeout) cancels a recovery still running at its deadline: the connection is
+    terminated at once, not after a second wait of the driver's own."""
+    driver = _StuckRecovering()
+    pool = millpond.AsyncPool(driver, min_size=1, max_size=1, timeout=5)
+    await pool.open(wait=True)
+
+    async def block() -> None:
+        async with pool.connection():
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(block())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(driver.recovering.wait(), 5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await pool.close(timeout=0.2)
+    assert loop.time() - started < 2  # CLOSE_TIMEOUT (5 s) before the fix
+    assert len(driver.terminated) == 1
+    stats = pool.stats()
+    assert (stats.in_use, stats.lost) == (0, 0), stats
+
+
+class _Recovering(AsyncFakeDriver):
+    async def recover(self, conn: Any) -> bool:
+        return True
+
+
+async def test_a_recovered_connection_is_rolled_back_and_kept() -> None:
+    driver = _Recovering()
+    pool = millpond.AsyncPool(driver, min_size=1, max_size=1, timeout=5)
+    await pool.open(wait=True)
+    try:
+        async def block() -> None:
+            async with pool.connection() as conn:
+                conn.execute("SELECT 1")  # a transaction the cut-off left open
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(block())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await settle(pool, idle=1)
+        stats = pool.stats()
+        assert (stats.connects, stats.closed_total, stats.resets) == (1, 0, 1), stats
+        assert driver.terminated == []
+        whole(pool, 1)
+    finally:
+        await pool.close()

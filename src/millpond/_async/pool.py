@@ -440,7 +440,13 @@ class AsyncPool(PoolBase):
         if self._reset is not None:  # without a reset, a recovered session would stay dirty
             try:
                 recovered = await bounded(adapter.recover(conn), CLOSE_TIMEOUT)
-            except BaseException:
+            except asyncio.CancelledError:
+                # close() ran out of time for background work: let go at once, as below
+                with contextlib.suppress(Exception):
+                    adapter.terminate(conn)
+                self._finish_return(rec, conn, "cancelled")
+                return
+            except Exception:
                 recovered = False
         if recovered:
             steps, reason = self._return_steps(rec, conn, False, None)
