@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
 import re
 import threading
@@ -38,7 +39,7 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 import millpond
-from millpond.compat._reclaim import inherited, log, on_fork, reclaimer
+from millpond.compat._reclaim import inherited, on_fork, reclaimer
 from millpond.compat._shared import (
     CONNECT_BUDGET,
     borrow,
@@ -49,6 +50,8 @@ from millpond.compat._shared import (
 )
 from millpond.drivers.url import resolve
 from millpond.errors import PoolClosed, PoolTimeout, TooManyWaiters
+
+log = logging.getLogger("millpond")
 
 try:
     _connector: Any = importlib.import_module("mysql.connector")
